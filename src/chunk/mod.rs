@@ -1,0 +1,304 @@
+//! The chunk store: content-addressed 512 KiB chunks, framed (zstd, AES-256-GCM) and kept
+//! in the `chunks` column family, with a small `chunk_index` entry per chunk for presence
+//! checks. Knows nothing of files.
+//!
+//! Every chunk read from disk is checked against its hash. Writes are never synced here:
+//! the commit that references a chunk syncs the write-ahead log, which makes every earlier
+//! write durable with it. No tasks are spawned.
+//!
+//! gc coordination: while a gc run is active, every chunk written or found present by a
+//! writer is added to a protected set first; gc deletes a chunk only while holding the same
+//! lock and only if it is not protected. A writer that lost the race finds the chunk absent
+//! and writes it again.
+
+pub mod crypt;
+pub mod frame;
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use crate::id::ChunkId;
+use crate::limits::{
+    CHUNK_BYTES, CHUNK_BYTES_U64, CHUNK_CACHE_ENTRIES_MAX, GC_PROTECTED_CHUNKS_MAX,
+};
+use crate::store::{self, Backend, Batch, Cf, Durability, keys};
+
+pub use crypt::Cipher;
+
+/// Errors of the chunk layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A stored or received chunk does not decode to data with its hash.
+    #[error("chunk {chunk} is corrupt: {reason}")]
+    Corrupt {
+        /// The chunk's id.
+        chunk: ChunkId,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A chunk a record needs is not in the store.
+    #[error("chunk {0} is missing from the store")]
+    Missing(ChunkId),
+    /// Key handling failed (wrong identity, no key for an encrypted store).
+    #[error("{0}")]
+    Key(String),
+    /// zstd failed to compress.
+    #[error("compression failed: {0}")]
+    Codec(String),
+    /// The key-value layer failed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Too many chunks were written while a gc run was marking.
+    #[error(
+        "gc stopped: more than {GC_PROTECTED_CHUNKS_MAX} chunks written during the run; run it again"
+    )]
+    GcOverrun,
+}
+
+/// Number of chunks of a file of `size` bytes.
+#[must_use]
+pub fn chunk_count(size: u64) -> u64 {
+    size.div_ceil(CHUNK_BYTES_U64)
+}
+
+/// Length of chunk `index` of a file of `size` bytes (0 past the end).
+#[must_use]
+pub fn chunk_len(size: u64, index: u64) -> usize {
+    let start = index.saturating_mul(CHUNK_BYTES_U64);
+    #[expect(clippy::cast_possible_truncation, reason = "bounded by CHUNK_BYTES")]
+    let len = size.saturating_sub(start).min(CHUNK_BYTES_U64) as usize;
+    len
+}
+
+/// Splits `data` into chunk-sized pieces (the last shorter; none for empty data).
+pub fn split(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    data.chunks(CHUNK_BYTES)
+}
+
+/// State of a gc run, shared with writers.
+#[derive(Default)]
+struct GcGuard {
+    /// True between [`ChunkStore::gc_begin`] and [`ChunkStore::gc_end`].
+    active: bool,
+    /// Chunks written or referenced by writers since the run began.
+    protected: HashSet<ChunkId>,
+    /// Set when `protected` outgrew its bound; the run must abort.
+    overrun: bool,
+}
+
+/// Content-addressed chunk storage over a [`Backend`].
+pub struct ChunkStore {
+    backend: Arc<dyn Backend>,
+    /// Data key, when the store encrypts at rest.
+    cipher: Option<Cipher>,
+    /// Decoded chunks recently read or written, bounded by [`CHUNK_CACHE_ENTRIES_MAX`].
+    cache: Mutex<LruCache<ChunkId, Arc<Vec<u8>>>>,
+    /// gc coordination; writers hold it only to insert into the protected set.
+    gc: Mutex<GcGuard>,
+}
+
+impl ChunkStore {
+    /// A chunk store over `backend`, encrypting with `cipher` when given.
+    #[must_use]
+    pub fn new(backend: Arc<dyn Backend>, cipher: Option<Cipher>) -> Self {
+        let entries = NonZeroUsize::new(CHUNK_CACHE_ENTRIES_MAX).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            backend,
+            cipher,
+            cache: Mutex::new(LruCache::new(entries)),
+            gc: Mutex::new(GcGuard::default()),
+        }
+    }
+
+    /// The backend underneath.
+    #[must_use]
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The data key, when the store encrypts.
+    #[must_use]
+    pub fn cipher(&self) -> Option<&Cipher> {
+        self.cipher.as_ref()
+    }
+
+    fn protect(&self, id: ChunkId) {
+        let mut gc = self.gc.lock();
+        if gc.active {
+            if gc.protected.len() >= GC_PROTECTED_CHUNKS_MAX {
+                gc.overrun = true;
+            } else {
+                gc.protected.insert(id);
+            }
+        }
+    }
+
+    /// True when the chunk is stored (checks the index, not the frame).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn contains(&self, id: &ChunkId) -> Result<bool, Error> {
+        Ok(self.backend.get(Cf::ChunkIndex, &id.0)?.is_some())
+    }
+
+    /// Stores `data` (at most one chunk) unless already present, and returns its id.
+    /// Not synced: the commit that references it syncs.
+    ///
+    /// # Errors
+    /// Store errors; a chunk over [`CHUNK_BYTES`].
+    pub fn put(&self, data: &[u8]) -> Result<ChunkId, Error> {
+        let id = ChunkId::of(data);
+        self.put_with_id(id, data)?;
+        Ok(id)
+    }
+
+    /// Stores `data` whose hash the caller computed (or checked) as `id`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn put_with_id(&self, id: ChunkId, data: &[u8]) -> Result<(), Error> {
+        self.protect(id);
+        if !self.contains(&id)? {
+            let frame = frame::encode(&id, data, self.cipher.as_ref())?;
+            let plain =
+                u32::try_from(data.len()).map_err(|_| Error::Codec("chunk too large".into()))?;
+            let stored =
+                u32::try_from(frame.len()).map_err(|_| Error::Codec("frame too large".into()))?;
+            let mut batch = Batch::new();
+            batch.put(Cf::Chunks, id.0.to_vec(), frame);
+            batch.put(
+                Cf::ChunkIndex,
+                id.0.to_vec(),
+                keys::chunk_info(plain, stored).to_vec(),
+            );
+            self.backend.write(batch, Durability::Buffered)?;
+        }
+        self.cache.lock().put(id, Arc::new(data.to_vec()));
+        Ok(())
+    }
+
+    /// Marks `id` as in use by a writer that found it present and will reference it, so a
+    /// concurrent gc keeps it; fails with [`Error::Missing`] if it is not stored.
+    ///
+    /// # Errors
+    /// The chunk is missing; store errors.
+    pub fn reference(&self, id: &ChunkId) -> Result<(), Error> {
+        self.protect(*id);
+        if self.contains(id)? {
+            Ok(())
+        } else {
+            Err(Error::Missing(*id))
+        }
+    }
+
+    /// Reads chunk `id`, checked against its hash.
+    ///
+    /// # Errors
+    /// [`Error::Missing`], [`Error::Corrupt`], store errors.
+    pub fn get(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>, Error> {
+        if let Some(hit) = self.cache.lock().get(id) {
+            return Ok(Arc::clone(hit));
+        }
+        let frame = self
+            .backend
+            .get(Cf::Chunks, &id.0)?
+            .ok_or(Error::Missing(*id))?;
+        let data = Arc::new(frame::decode(id, &frame, self.cipher.as_ref())?);
+        self.cache.lock().put(*id, Arc::clone(&data));
+        Ok(data)
+    }
+
+    /// True when `id` is in the decoded-chunk cache.
+    #[must_use]
+    pub fn is_cached(&self, id: &ChunkId) -> bool {
+        self.cache.lock().contains(id)
+    }
+
+    /// Starts gc protection: from now on every written or referenced chunk is protected.
+    /// False when a gc run is already active.
+    #[must_use]
+    pub fn gc_begin(&self) -> bool {
+        let mut gc = self.gc.lock();
+        if gc.active {
+            return false;
+        }
+        gc.active = true;
+        gc.overrun = false;
+        gc.protected.clear();
+        true
+    }
+
+    /// Ends gc protection.
+    pub fn gc_end(&self) {
+        let mut gc = self.gc.lock();
+        gc.active = false;
+        gc.protected = HashSet::new();
+    }
+
+    /// Deletes those of `ids` that no writer protected since [`Self::gc_begin`], atomically
+    /// with respect to writers; returns the ids deleted.
+    ///
+    /// # Errors
+    /// [`Error::GcOverrun`]; store errors.
+    pub fn gc_delete(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, Error> {
+        let gc = self.gc.lock();
+        if gc.overrun {
+            return Err(Error::GcOverrun);
+        }
+        let doomed: Vec<ChunkId> = ids
+            .iter()
+            .filter(|id| !gc.protected.contains(id))
+            .copied()
+            .collect();
+        let mut batch = Batch::new();
+        for id in &doomed {
+            batch.delete(Cf::Chunks, id.0.to_vec());
+            batch.delete(Cf::ChunkIndex, id.0.to_vec());
+        }
+        self.backend.write(batch, Durability::Buffered)?;
+        drop(gc);
+        let mut cache = self.cache.lock();
+        for id in &doomed {
+            cache.pop(id);
+        }
+        Ok(doomed)
+    }
+
+    /// The id of an all-zero chunk of `len` bytes, stored if absent (holes in sparse files).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn zeros(&self, len: usize) -> Result<ChunkId, Error> {
+        let id = ChunkId::of_zeros(len.min(CHUNK_BYTES));
+        if self.reference(&id).is_err() {
+            self.put_with_id(id, &vec![0u8; len.min(CHUNK_BYTES)])?;
+        }
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn split_concatenates_back(len in prop_oneof![
+            Just(0usize), Just(1), Just(CHUNK_BYTES - 1), Just(CHUNK_BYTES), Just(CHUNK_BYTES + 1),
+            Just(3 * CHUNK_BYTES + 17), 0usize..(2 * CHUNK_BYTES)]) {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let parts: Vec<&[u8]> = split(&data).collect();
+            prop_assert_eq!(parts.len() as u64, chunk_count(len as u64));
+            for (i, p) in parts.iter().enumerate() {
+                prop_assert_eq!(p.len(), chunk_len(len as u64, i as u64));
+                prop_assert!(!p.is_empty() && p.len() <= CHUNK_BYTES);
+            }
+            prop_assert_eq!(parts.concat(), data);
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! `keibi verify`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::home::{self, Home};
+use crate::store::{self, Backend, rocks::RocksBackend};
+use crate::verify::{self, Finding, Report};
+
+/// Arguments of `keibi verify`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Re-hash only this percentage of chunks (1-100), chosen by hash.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub sample: Option<u8>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    for f in &report.findings {
+        println!(
+            "{}: {}: {}\n    what to do: {}",
+            f.kind, f.subject, f.detail, f.advice
+        );
+    }
+    if report.findings_total > report.findings.len() as u64 {
+        println!(
+            "... and {} more findings",
+            report.findings_total - report.findings.len() as u64
+        );
+    }
+    println!(
+        "checked {} chunks ({}, {}% sample) and {} records: {}",
+        report.chunks_checked,
+        super::bytes(report.chunk_bytes_checked),
+        report.sample_percent,
+        report.records_checked,
+        if report.findings_total == 0 {
+            "no problems".to_string()
+        } else {
+            format!("{} problems", report.findings_total)
+        }
+    );
+    Ok(())
+}
+
+pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
+    let dir = home.store_dir();
+    if !dir.join("CURRENT").exists() {
+        return Err(home::Error::NotInitialised(home.root().to_path_buf()).into());
+    }
+    let opts = verify::Options {
+        sample_percent: args.sample.unwrap_or(100),
+        progress: !args.json,
+    };
+    let report = match RocksBackend::open(&dir, false) {
+        Ok(backend) => {
+            let backend: std::sync::Arc<dyn Backend> = std::sync::Arc::new(backend);
+            let store = home
+                .open_backend(backend)
+                .with_context(|| format!("opening {}", dir.display()))?;
+            verify::run(store.backend.as_ref(), store.chunks.cipher(), opts)
+        }
+        Err(e @ store::Error::Damaged(_)) => Report {
+            findings: vec![Finding {
+                kind: "store-damaged",
+                subject: dir.display().to_string(),
+                detail: format!("the database cannot be opened: {e}"),
+                advice: "the database files are damaged: copy the home directory elsewhere, check the disk, and restore the store from a peer or backup",
+            }],
+            findings_total: 1,
+            ..Report::default()
+        },
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {}", dir.display()))),
+    };
+    print(&report, args.json)?;
+    Ok(if report.findings_total == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

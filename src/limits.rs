@@ -1,0 +1,68 @@
+//! Every bound in keibi, in one place.
+//!
+//! Each queue, channel, batch, cache and concurrent operation has its maximum here, with the
+//! unit last in the name. Const assertions below keep the bounds consistent with each other.
+
+/// Size of every chunk but a file's last one, in bytes.
+pub const CHUNK_BYTES: usize = 512 * 1024;
+/// [`CHUNK_BYTES`] as a `u64`, for offset arithmetic.
+pub const CHUNK_BYTES_U64: u64 = CHUNK_BYTES as u64;
+
+/// Largest file keibi stores: the manifest of such a file stays under 32 MiB of hashes.
+pub const FILE_BYTES_MAX: u64 = 1 << 40;
+/// Longest manifest (chunk hashes) of one file.
+pub const MANIFEST_CHUNKS_MAX: u64 = FILE_BYTES_MAX / CHUNK_BYTES_U64;
+/// Longest name of one directory entry, in bytes (as Linux's `NAME_MAX`).
+pub const NAME_BYTES_MAX: usize = 255;
+/// Longest symlink target, in bytes (as Linux's `PATH_MAX`).
+pub const SYMLINK_TARGET_BYTES_MAX: usize = 4096;
+/// Deepest directory nesting that verify and path resolution follow before calling it a cycle.
+pub const TREE_DEPTH_MAX: usize = 4096;
+/// Largest encoded file record, in bytes (a record of a [`FILE_BYTES_MAX`] file plus slack).
+pub const RECORD_BYTES_MAX: usize = 72 * 1024 * 1024;
+
+/// Zstd level used for chunk payloads: level 1 compresses at hundreds of MB/s per core.
+pub const ZSTD_LEVEL: i32 = 1;
+/// A compressed payload is kept only when it saves at least 1/8 of the plaintext.
+pub const ZSTD_MIN_SAVING_DIVISOR: usize = 8;
+
+/// Dirty chunk buffers one open file may hold in memory before the oldest are sealed.
+pub const STAGED_BUFFERS_PER_FILE_MAX: usize = 16;
+/// Seal jobs queued for the seal pool; a writer blocks when the queue is full.
+pub const SEAL_QUEUE_JOBS_MAX: usize = 8;
+/// Prefetch jobs queued for the seal pool; prefetches past this are dropped, not queued.
+pub const PREFETCH_QUEUE_JOBS_MAX: usize = 4;
+/// Chunks read ahead of a sequential reader.
+pub const READAHEAD_CHUNKS: u64 = 2;
+/// Decoded chunks kept in the read cache (each up to [`CHUNK_BYTES`]).
+pub const CHUNK_CACHE_ENTRIES_MAX: usize = 64;
+
+/// Dirty bytes one fsync may write to the journal instead of sealing whole chunks.
+pub const JOURNAL_FSYNC_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Dirty bytes in one chunk above which fsync seals the chunk instead of journaling it.
+pub const JOURNAL_CHUNK_DIRTY_BYTES_MAX: usize = CHUNK_BYTES / 8;
+/// Dirty ranges tracked per buffer; past this the buffer is sealed at the next fsync.
+pub const JOURNAL_RANGES_PER_BUFFER_MAX: usize = 64;
+/// Journal entries one file may have before the next fsync folds them into chunks.
+pub const JOURNAL_ENTRIES_PER_FILE_MAX: u64 = 4096;
+
+/// Chunks deleted in one gc batch.
+pub const GC_DELETE_BATCH_CHUNKS: usize = 256;
+/// Chunks written during one gc run that it tracks as protected; past this the run aborts.
+pub const GC_PROTECTED_CHUNKS_MAX: usize = 1 << 20;
+
+/// Chunks one verify worker batch holds (each up to a frame of [`CHUNK_BYTES`]).
+pub const VERIFY_BATCH_CHUNKS: usize = 16;
+/// Batches queued between the verify reader and its workers.
+pub const VERIFY_QUEUE_BATCHES_MAX: usize = 4;
+/// Findings verify keeps in full; past this it only counts them.
+pub const VERIFY_FINDINGS_MAX: usize = 10_000;
+
+/// Directory entries returned by one readdir call of the vfs core.
+pub const READDIR_ENTRIES_MAX: usize = 1024;
+
+const _: () = assert!(CHUNK_BYTES.is_power_of_two());
+const _: () = assert!(CHUNK_BYTES <= u32::MAX as usize, "frame lengths are u32");
+const _: () = assert!((MANIFEST_CHUNKS_MAX as usize) * 33 < RECORD_BYTES_MAX);
+const _: () = assert!(JOURNAL_CHUNK_DIRTY_BYTES_MAX <= JOURNAL_FSYNC_BYTES_MAX);
+const _: () = assert!(STAGED_BUFFERS_PER_FILE_MAX >= 2);

@@ -1,0 +1,233 @@
+//! The RocksDB backend: the only module that knows RocksDB.
+//!
+//! Tuning for keibi's load: chunks are 512 KiB values, so the chunk column family keeps them
+//! in blob files (integrated BlobDB) where compaction does not rewrite them; all other column
+//! families hold small keys and values. Writes are batched and only synced when the caller
+//! asks (`fsync`), never once per chunk. RocksDB's background threads are owned by the `DB`
+//! handle and stop when it is dropped.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use rocksdb::{
+    BlockBasedOptions, BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, DB,
+    DBCompressionType, ErrorKind, Options, ReadOptions, WriteBatch, WriteOptions,
+};
+
+use super::{Backend, Batch, Cf, Durability, Error, Op, Result, Visit};
+
+/// Values of at least this many bytes go to blob files.
+const BLOB_MIN_BYTES: u64 = 4096;
+/// Target size of one blob file.
+const BLOB_FILE_BYTES: u64 = 256 * 1024 * 1024;
+/// Memtable size of the chunk column family.
+const CHUNK_MEMTABLE_BYTES: usize = 128 * 1024 * 1024;
+/// Memtable size of the metadata column families.
+const META_MEMTABLE_BYTES: usize = 32 * 1024 * 1024;
+/// Block cache shared by metadata column families.
+const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Background flush and compaction threads.
+const BACKGROUND_JOBS: i32 = 4;
+
+/// A keibi store in a RocksDB database directory.
+pub struct RocksBackend {
+    /// The database; every column family of [`Cf::ALL`] exists.
+    db: DB,
+    /// The directory, for error messages.
+    path: PathBuf,
+}
+
+fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
+    let mut opts = Options::default();
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    opts.set_block_based_table_factory(&table);
+    match cf {
+        Cf::Chunks => {
+            // Payloads are already zstd-compressed (or incompressible): no second pass.
+            opts.set_compression_type(DBCompressionType::None);
+            opts.set_write_buffer_size(CHUNK_MEMTABLE_BYTES);
+            opts.set_enable_blob_files(true);
+            opts.set_min_blob_size(BLOB_MIN_BYTES);
+            opts.set_blob_file_size(BLOB_FILE_BYTES);
+            opts.set_blob_compression_type(DBCompressionType::None);
+            opts.set_enable_blob_gc(true);
+            opts.set_blob_gc_age_cutoff(0.25);
+        }
+        Cf::Meta
+        | Cf::ChunkIndex
+        | Cf::Files
+        | Cf::Dirents
+        | Cf::Seq
+        | Cf::Inodes
+        | Cf::Journal => {
+            opts.set_compression_type(DBCompressionType::Lz4);
+            opts.set_write_buffer_size(META_MEMTABLE_BYTES);
+        }
+    }
+    opts
+}
+
+fn map_err(path: &Path, e: &rocksdb::Error) -> Error {
+    let text = e.to_string();
+    match e.kind() {
+        ErrorKind::Corruption => Error::Damaged(text),
+        ErrorKind::IOError if text.contains("lock") || text.contains("LOCK") => Error::Locked {
+            path: path.to_path_buf(),
+        },
+        ErrorKind::IOError if text.contains("No space left") => Error::NoSpace(text),
+        ErrorKind::NotFound
+        | ErrorKind::NotSupported
+        | ErrorKind::InvalidArgument
+        | ErrorKind::IOError
+        | ErrorKind::MergeInProgress
+        | ErrorKind::Incomplete
+        | ErrorKind::ShutdownInProgress
+        | ErrorKind::TimedOut
+        | ErrorKind::Aborted
+        | ErrorKind::Busy
+        | ErrorKind::Expired
+        | ErrorKind::TryAgain
+        | ErrorKind::CompactionTooLarge
+        | ErrorKind::ColumnFamilyDropped
+        | ErrorKind::Unknown => Error::Io(text),
+    }
+}
+
+impl RocksBackend {
+    /// Opens (creating if `create`) the database at `path` with every keibi column family.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another process has it open; damaged files; I/O errors.
+    pub fn open(path: &Path, create: bool) -> Result<Self> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(create);
+        db_opts.create_missing_column_families(true);
+        db_opts.set_paranoid_checks(true);
+        db_opts.increase_parallelism(BACKGROUND_JOBS);
+        db_opts.set_max_background_jobs(BACKGROUND_JOBS);
+        db_opts.set_enable_pipelined_write(true);
+        let cache =
+            rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(|e| map_err(path, &e))?;
+        let descriptors = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
+        let db =
+            DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| map_err(path, &e))?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn handle(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
+        self.db
+            .cf_handle(cf.name())
+            .ok_or_else(|| Error::Io(format!("column family {} missing", cf.name())))
+    }
+
+    fn err(&self, e: &rocksdb::Error) -> Error {
+        map_err(&self.path, e)
+    }
+}
+
+impl Backend for RocksBackend {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut opts = ReadOptions::default();
+        opts.set_verify_checksums(true);
+        self.db
+            .get_pinned_cf_opt(self.handle(cf)?, key, &opts)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| self.err(&e))
+    }
+
+    fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visit<'_>) -> Result<()> {
+        let mut opts = ReadOptions::default();
+        opts.set_verify_checksums(true);
+        if let Some(to) = to {
+            opts.set_iterate_upper_bound(to.to_vec());
+        }
+        if cf == Cf::Chunks {
+            // A full scan of chunks would evict the metadata blocks everyone else needs.
+            opts.fill_cache(false);
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.handle(cf)?, opts);
+        it.seek(from);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if let ControlFlow::Break(()) = visit(k, v) {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status().map_err(|e| self.err(&e))
+    }
+
+    fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        for op in batch.ops() {
+            match op {
+                Op::Put(cf, k, v) => wb.put_cf(self.handle(*cf)?, k, v),
+                Op::Delete(cf, k) => wb.delete_cf(self.handle(*cf)?, k),
+                Op::DeleteRange(cf, from, to) => wb.delete_range_cf(self.handle(*cf)?, from, to),
+            }
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(durability == Durability::Synced);
+        self.db.write_opt(wb, &opts).map_err(|e| self.err(&e))
+    }
+
+    fn compact(&self, cf: Cf) -> Result<()> {
+        let mut opts = CompactOptions::default();
+        // Rewrite the bottom level too, so deletion tombstones and dead blobs are dropped.
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        let h = self.handle(cf)?;
+        self.db.flush_cf(h).map_err(|e| self.err(&e))?;
+        // Relocate live blobs out of every blob file, not only the oldest quarter, so that
+        // files holding deleted chunks are removed.
+        if cf == Cf::Chunks {
+            self.db
+                .set_options_cf(h, &[("blob_garbage_collection_age_cutoff", "1.0")])
+                .map_err(|e| self.err(&e))?;
+        }
+        self.db
+            .compact_range_cf_opt(h, None::<&[u8]>, None::<&[u8]>, &opts);
+        if cf == Cf::Chunks {
+            self.db
+                .set_options_cf(h, &[("blob_garbage_collection_age_cutoff", "0.25")])
+                .map_err(|e| self.err(&e))?;
+        }
+        Ok(())
+    }
+
+    fn disk_bytes(&self, cf: Cf) -> Result<u64> {
+        let h = self.handle(cf)?;
+        let sst = self
+            .db
+            .property_int_value_cf(h, "rocksdb.total-sst-files-size")
+            .map_err(|e| self.err(&e))?
+            .unwrap_or(0);
+        let blob = self
+            .db
+            .property_int_value_cf(h, "rocksdb.total-blob-file-size")
+            .map_err(|e| self.err(&e))?
+            .unwrap_or(0);
+        Ok(sst + blob)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(|e| self.err(&e))
+    }
+
+    fn flush(&self) -> Result<()> {
+        for cf in Cf::ALL {
+            self.db
+                .flush_cf(self.handle(cf)?)
+                .map_err(|e| self.err(&e))?;
+        }
+        self.db.flush_wal(true).map_err(|e| self.err(&e))
+    }
+}

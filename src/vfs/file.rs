@@ -1,0 +1,446 @@
+//! Open files: handles, reads, writes, and commits of staged content.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use parking_lot::Mutex;
+
+use crate::chunk::{chunk_count, chunk_len};
+use crate::id::{ChunkId, FileId, Ino};
+use crate::limits::{
+    JOURNAL_CHUNK_DIRTY_BYTES_MAX, JOURNAL_ENTRIES_PER_FILE_MAX, JOURNAL_FSYNC_BYTES_MAX,
+};
+use crate::store::{Batch, Cf, Durability, keys};
+use crate::tree::{Kind, Timestamp};
+
+use super::staging::{Buf, FileState, Piece, Ranges, Slot};
+use super::{Attr, CommitMode, DirEntry, Error, Result, Vfs};
+
+/// How a file was opened.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenFlags {
+    /// Writes go to the end of the file (`O_APPEND`).
+    pub append: bool,
+    /// Truncate to zero on open (`O_TRUNC`).
+    pub truncate: bool,
+}
+
+/// An open regular file: its staging, shared by all its handles.
+pub(crate) struct OpenFile {
+    pub ino: Ino,
+    pub state: Mutex<FileState>,
+}
+
+impl OpenFile {
+    pub fn size(&self) -> u64 {
+        self.state.lock().size
+    }
+
+    pub fn overlay_times(&self, attr: &mut Attr) {
+        if let Some(t) = self.state.lock().mtime {
+            attr.mtime = t;
+            attr.ctime = t;
+        }
+    }
+
+    pub fn staged_chunks(&self) -> Vec<ChunkId> {
+        self.state.lock().staged_chunks()
+    }
+}
+
+/// What a handle refers to.
+pub(crate) enum Handle {
+    File {
+        ino: Ino,
+        append: bool,
+    },
+    Dir {
+        ino: Ino,
+        entries: Option<Arc<Vec<DirEntry>>>,
+    },
+}
+
+impl Vfs {
+    pub(crate) fn new_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::SeqCst);
+        self.handles.lock().insert(fh, h);
+        fh
+    }
+
+    fn file_handle(&self, fh: u64) -> Result<(Arc<OpenFile>, bool)> {
+        let (ino, append) = match self.handles.lock().get(&fh) {
+            Some(Handle::File { ino, append }) => (*ino, *append),
+            Some(Handle::Dir { .. }) | None => return Err(Error::BadHandle),
+        };
+        let f = self
+            .open
+            .lock()
+            .get(&ino)
+            .cloned()
+            .ok_or(Error::BadHandle)?;
+        Ok((f, append))
+    }
+
+    /// Takes a reference on the open file of `ino`, creating its staging if needed.
+    pub(crate) fn acquire(&self, ino: Ino) -> Result<Arc<OpenFile>> {
+        let mut open = self.open.lock();
+        if let Some(f) = open.get(&ino) {
+            f.state.lock().handles += 1;
+            return Ok(Arc::clone(f));
+        }
+        let r = self.record_of(ino)?;
+        if r.tombstone {
+            return Err(Error::NotFound);
+        }
+        if r.kind != Kind::File {
+            return Err(Error::Invalid("not a regular file".into()));
+        }
+        let mut st = FileState::from_record(&r);
+        st.handles = 1;
+        let f = Arc::new(OpenFile {
+            ino,
+            state: Mutex::new(st),
+        });
+        open.insert(ino, Arc::clone(&f));
+        Ok(f)
+    }
+
+    /// Drops a reference taken by [`Self::acquire`]; the last one commits and, for a file
+    /// deleted while open, frees its content.
+    pub(crate) fn unacquire(&self, f: &Arc<OpenFile>) -> Result<()> {
+        let committed = self.commit_file(f, CommitMode::Seal);
+        let mut open = self.open.lock();
+        let mut st = f.state.lock();
+        st.handles = st.handles.saturating_sub(1);
+        if st.handles == 0 && committed.is_ok() {
+            open.remove(&f.ino);
+            let id = st.id;
+            drop(st);
+            self.release_if_deleted(id)?;
+        }
+        committed
+    }
+
+    /// Opens regular file `ino`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; store errors.
+    pub fn open(&self, ino: Ino, flags: OpenFlags) -> Result<u64> {
+        let kind = self.record_of(ino)?.kind;
+        if kind != Kind::File {
+            // Nodes (fifos, devices) and links have no content here; the kernel serves them.
+            return Ok(self.new_handle(Handle::File {
+                ino,
+                append: flags.append,
+            }));
+        }
+        let f = self.acquire(ino)?;
+        if flags.truncate {
+            let mut st = f.state.lock();
+            if st.size != 0 {
+                st.set_size(0, &self.chunks)?;
+                st.mtime = Some(Timestamp::now());
+            }
+        }
+        Ok(self.new_handle(Handle::File {
+            ino,
+            append: flags.append,
+        }))
+    }
+
+    /// Reads up to `len` bytes at `offset`; fewer at the end of the file.
+    ///
+    /// # Errors
+    /// [`Error::BadHandle`]; a chunk that is missing or corrupt (never zeros in its place).
+    pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
+        let (f, _) = self.file_handle(fh)?;
+        let pieces = f
+            .state
+            .lock()
+            .read_plan(offset, len, &self.sealer, &self.chunks);
+        let mut out = Vec::with_capacity(
+            pieces
+                .iter()
+                .map(|p| match p {
+                    Piece::Bytes(b) => b.len(),
+                    Piece::Chunk { start, end, .. } => end - start,
+                    Piece::Zeros(n) => *n,
+                })
+                .sum(),
+        );
+        for p in pieces {
+            match p {
+                Piece::Bytes(b) => out.extend_from_slice(&b),
+                Piece::Zeros(n) => out.resize(out.len() + n, 0),
+                Piece::Chunk { id, start, end } => {
+                    let data = self.chunks.get(&id)?;
+                    let e = end.min(data.len());
+                    out.extend_from_slice(&data[start.min(e)..e]);
+                    out.resize(out.len() + (end - start) - (e - start.min(e)), 0);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `data` at `offset` (at the end for an append handle); returns bytes written.
+    ///
+    /// # Errors
+    /// [`Error::BadHandle`]; [`Error::TooBig`]; store errors.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let (f, append) = self.file_handle(fh)?;
+        let mut st = f.state.lock();
+        let offset = if append { st.size } else { offset };
+        st.write(offset, data, &self.chunks, &self.sealer)?;
+        u32::try_from(data.len()).map_err(|_| Error::Invalid("write larger than 4 GiB".into()))
+    }
+
+    /// Commits the file's staged content (a `close`).
+    ///
+    /// # Errors
+    /// The commit failed (full disk, I/O): the data stays staged.
+    pub fn flush(&self, fh: u64) -> Result<()> {
+        match self.file_handle(fh) {
+            Ok((f, _)) => self.commit_file(&f, CommitMode::Seal),
+            Err(Error::BadHandle) if self.handles.lock().contains_key(&fh) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes the file's content durable.
+    ///
+    /// # Errors
+    /// The commit or the sync failed.
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        match self.file_handle(fh) {
+            Ok((f, _)) => self.commit_file(&f, CommitMode::Sync),
+            Err(Error::BadHandle) if self.handles.lock().contains_key(&fh) => self.sync_all(),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Closes a handle; the last handle of a file commits it.
+    ///
+    /// # Errors
+    /// The final commit failed.
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let (f, _) = match self.file_handle(fh) {
+            Ok(f) => f,
+            Err(_) => {
+                self.handles.lock().remove(&fh);
+                return Ok(());
+            }
+        };
+        self.handles.lock().remove(&fh);
+        self.unacquire(&f)
+    }
+
+    pub(crate) fn commit_file(&self, f: &OpenFile, mode: CommitMode) -> Result<()> {
+        let mut st = f.state.lock();
+        self.commit_state(&mut st, mode)
+    }
+
+    /// Adds journal entries for small dirty ranges to `batch`; returns the indices covered.
+    fn journal_small_ranges(st: &FileState, batch: &mut Batch) -> Vec<(u64, u64)> {
+        let mut covered = Vec::new();
+        if st.size != st.committed_size || st.journal_entries >= JOURNAL_ENTRIES_PER_FILE_MAX {
+            return covered;
+        }
+        let (mut bytes, mut entry) = (0usize, st.journal_entries);
+        for (idx, slot) in &st.slots {
+            let Slot::Buffer(b) = slot else { continue };
+            let small = b.dirty.bytes() <= JOURNAL_CHUNK_DIRTY_BYTES_MAX && !b.dirty.overflow;
+            if !b.journal_ok
+                || !small
+                || *idx >= st.base.len() as u64
+                || bytes + b.dirty.bytes() > JOURNAL_FSYNC_BYTES_MAX
+            {
+                continue;
+            }
+            let before = entry;
+            for &(s, e) in b.dirty.iter() {
+                let mut v = u32::try_from(s).unwrap_or(u32::MAX).to_le_bytes().to_vec();
+                v.extend_from_slice(&b.data[s..e]);
+                batch.put(Cf::Journal, keys::journal(st.id, *idx, entry), v);
+                entry += 1;
+            }
+            bytes += b.dirty.bytes();
+            covered.push((*idx, entry - before));
+        }
+        covered
+    }
+
+    /// Commits `st`: see DESIGN.md, "Write path". On failure nothing is lost: data that was
+    /// not committed stays staged.
+    pub(crate) fn commit_state(&self, st: &mut FileState, mode: CommitMode) -> Result<()> {
+        if st.is_clean() {
+            return if mode == CommitMode::Sync {
+                self.sync_all()
+            } else {
+                Ok(())
+            };
+        }
+        let mut jbatch = Batch::new();
+        let journaled_now = if mode == CommitMode::Sync {
+            Self::journal_small_ranges(st, &mut jbatch)
+        } else {
+            Vec::new()
+        };
+        let keep: std::collections::BTreeSet<u64> = journaled_now.iter().map(|(i, _)| *i).collect();
+        // Seal what is not journaled now; drop buffers equal to the committed chunk.
+        let idxs: Vec<u64> = st.slots.keys().copied().collect();
+        for idx in idxs {
+            let clean_buffer = matches!(st.slots.get(&idx), Some(Slot::Buffer(b)) if b.journal_ok && b.dirty.is_empty());
+            if keep.contains(&idx) || (clean_buffer && mode == CommitMode::Sync) {
+                continue;
+            }
+            if clean_buffer && !st.journaled.contains(&idx) {
+                st.slots.remove(&idx);
+                continue;
+            }
+            st.seal_slot(idx, &self.sealer);
+        }
+        self.wait_sealed(st)?;
+        let sealed: Vec<u64> = st
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Sealed(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        let size_changed = st.size != st.committed_size;
+        let needs_record =
+            !sealed.is_empty() || size_changed || (mode == CommitMode::Seal && st.mtime.is_some());
+        let durability = if mode == CommitMode::Sync {
+            Durability::Synced
+        } else {
+            Durability::Buffered
+        };
+        if needs_record {
+            let manifest = self.manifest_of(st)?;
+            let mut batch = Batch::new();
+            {
+                let _tree = self.tree.lock();
+                let mut rec = self.tables.record(st.id)?.ok_or(Error::NotFound)?;
+                rec.size = st.size;
+                rec.manifest.clone_from(&manifest);
+                if let Some(t) = st.mtime {
+                    rec.mtime = t;
+                    rec.ctime = t;
+                }
+                for idx in sealed.iter().filter(|i| st.journaled.contains(i)) {
+                    batch.delete_range(
+                        Cf::Journal,
+                        keys::journal(st.id, *idx, 0),
+                        keys::journal(st.id, *idx + 1, 0),
+                    );
+                }
+                for idx in st.journaled.iter().filter(|i| **i >= chunk_count(st.size)) {
+                    batch.delete_range(
+                        Cf::Journal,
+                        keys::journal(st.id, *idx, 0),
+                        keys::journal(st.id, *idx + 1, 0),
+                    );
+                }
+                self.tables.put_record(&mut batch, &mut rec);
+                batch.append(&mut jbatch);
+                self.tables.backend().write(batch, durability)?;
+            }
+            st.base = manifest;
+            st.committed_size = st.size;
+            st.mtime = None;
+            for idx in &sealed {
+                st.slots.remove(idx);
+                st.journaled.remove(idx);
+            }
+            let count = chunk_count(st.size);
+            st.journaled.retain(|i| *i < count);
+        } else if !jbatch.is_empty() {
+            self.tables.backend().write(jbatch, durability)?;
+        } else if mode == CommitMode::Sync {
+            self.sync_all()?;
+        }
+        for (idx, n) in journaled_now {
+            if let Some(Slot::Buffer(b)) = st.slots.get_mut(&idx) {
+                b.dirty.clear();
+            }
+            st.journaled.insert(idx);
+            st.journal_entries += n;
+        }
+        if st.journaled.is_empty() {
+            st.journal_entries = 0;
+        }
+        Ok(())
+    }
+
+    /// Waits for every chunk being sealed; a failed seal turns back into a buffer.
+    fn wait_sealed(&self, st: &mut FileState) -> Result<()> {
+        let mut first_err = None;
+        let idxs: Vec<u64> = st
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Sealing(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        for idx in idxs {
+            let Some(Slot::Sealing(job)) = st.slots.remove(&idx) else {
+                continue;
+            };
+            match job.wait() {
+                Ok(id) => {
+                    st.slots.insert(idx, Slot::Sealed(id));
+                }
+                Err(e) => {
+                    let mut dirty = Ranges::default();
+                    dirty.add(0, job.data.len());
+                    st.slots.insert(
+                        idx,
+                        Slot::Buffer(Buf {
+                            data: job.data.clone(),
+                            dirty,
+                            journal_ok: false,
+                        }),
+                    );
+                    first_err.get_or_insert(Error::Chunk(e));
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    fn manifest_of(&self, st: &FileState) -> Result<Vec<ChunkId>> {
+        let count = chunk_count(st.size);
+        let mut manifest = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        for idx in 0..count {
+            let id = match st.slots.get(&idx) {
+                Some(Slot::Sealed(id)) => *id,
+                Some(Slot::Buffer(_)) | None => {
+                    match st.base.get(usize::try_from(idx).unwrap_or(usize::MAX)) {
+                        Some(id) => *id,
+                        None => self.chunks.zeros(chunk_len(st.size, idx))?,
+                    }
+                }
+                Some(Slot::Sealing(_)) => {
+                    return Err(Error::Invalid("chunk still sealing at commit".into()));
+                }
+            };
+            manifest.push(id);
+        }
+        Ok(manifest)
+    }
+
+    /// Frees the content of `id` if it was deleted and nobody has it open.
+    pub(crate) fn release_if_deleted(&self, id: FileId) -> Result<()> {
+        let _tree = self.tree.lock();
+        let Some(mut rec) = self.tables.record(id)? else {
+            return Ok(());
+        };
+        if rec.tombstone && !rec.manifest.is_empty() {
+            rec.manifest.clear();
+            rec.size = 0;
+            let mut batch = Batch::new();
+            self.tables.put_record(&mut batch, &mut rec);
+            self.tables.backend().write(batch, Durability::Buffered)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,348 @@
+//! The filesystem core, free of FUSE: inodes, directories, open handles, staging of dirty
+//! chunks, and commits. `src/fuse/` translates kernel requests into calls here; tests drive
+//! it directly.
+//!
+//! Concurrency: namespace changes and record writes are serialised by one tree lock, so the
+//! sequence index follows commit order. File content is staged per open file under that
+//! file's own lock; a commit takes the file lock, then the tree lock (never the reverse).
+//! Tasks: the [`seal::Sealer`] pool. Shutdown: [`Vfs::shutdown`] commits every open file;
+//! dropping the `Vfs` stops the pool.
+
+mod dir;
+mod file;
+mod recover;
+pub mod seal;
+mod staging;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use parking_lot::Mutex;
+
+use crate::chunk::{self, ChunkStore};
+use crate::id::{ChunkId, FileId, Ino};
+use crate::store::{self, tables::Tables};
+use crate::tree::{FileRecord, Kind, Timestamp};
+
+pub use file::OpenFlags;
+
+/// Errors of the vfs core; `src/fuse/errno.rs` maps each to an errno.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such file, directory or inode (ENOENT).
+    #[error("no such file or directory")]
+    NotFound,
+    /// The name exists already (EEXIST).
+    #[error("file exists")]
+    Exists,
+    /// A directory was needed (ENOTDIR).
+    #[error("not a directory")]
+    NotDir,
+    /// A non-directory was needed (EISDIR).
+    #[error("is a directory")]
+    IsDir,
+    /// The directory is not empty (ENOTEMPTY).
+    #[error("directory not empty")]
+    NotEmpty,
+    /// A name longer than 255 bytes (ENAMETOOLONG).
+    #[error("name too long")]
+    NameTooLong,
+    /// An invalid argument or name (EINVAL).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// The operation is not supported by keibi (EPERM), such as hard links.
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
+    /// Unknown file handle (EBADF).
+    #[error("bad file handle")]
+    BadHandle,
+    /// Past the largest file keibi stores (EFBIG).
+    #[error("file too large")]
+    TooBig,
+    /// The store's disk is full (ENOSPC).
+    #[error("no space left: {0}")]
+    NoSpace(String),
+    /// A chunk failed (corrupt, missing) or the store failed (EIO).
+    #[error(transparent)]
+    Chunk(#[from] Arc<chunk::Error>),
+    /// The key-value layer failed (EIO).
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+impl From<chunk::Error> for Error {
+    fn from(e: chunk::Error) -> Self {
+        match e {
+            chunk::Error::Store(store::Error::NoSpace(m)) => Self::NoSpace(m),
+            chunk::Error::Store(s) => Self::Store(s),
+            other @ (chunk::Error::Corrupt { .. }
+            | chunk::Error::Missing(_)
+            | chunk::Error::Key(_)
+            | chunk::Error::Codec(_)
+            | chunk::Error::GcOverrun) => Self::Chunk(Arc::new(other)),
+        }
+    }
+}
+
+/// Result of the vfs core.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Preferred I/O size reported in `st_blksize`.
+pub const BLKSIZE: u32 = 128 * 1024;
+
+/// Attributes of an inode, as `stat` reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: Ino,
+    /// What it is.
+    pub kind: Kind,
+    /// Size in bytes.
+    pub size: u64,
+    /// 512-byte blocks.
+    pub blocks: u64,
+    /// Last access.
+    pub atime: Timestamp,
+    /// Last content change.
+    pub mtime: Timestamp,
+    /// Last status change.
+    pub ctime: Timestamp,
+    /// Permission bits (`0o7777`).
+    pub perm: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number of device nodes.
+    pub rdev: u64,
+}
+
+/// A time to set with `setattr`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeSet {
+    /// The current time (`UTIME_NOW`).
+    Now,
+    /// This time.
+    At(Timestamp),
+}
+
+/// Changes for [`Vfs::setattr`]; `None` leaves a field alone (`UTIME_OMIT`).
+#[derive(Clone, Debug, Default)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<TimeSet>,
+    /// New modification time.
+    pub mtime: Option<TimeSet>,
+}
+
+/// Who is creating a node: its owner, and the permission bits after the umask.
+#[derive(Clone, Copy, Debug)]
+pub struct Creator {
+    /// Owner uid.
+    pub uid: u32,
+    /// Owner gid (replaced by the parent's gid in a set-group-id directory).
+    pub gid: u32,
+}
+
+/// One directory entry returned by [`Vfs::readdir`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Inode number.
+    pub ino: Ino,
+    /// Position to pass to the next `readdir` call to continue after this entry.
+    pub offset: u64,
+    /// What it is.
+    pub kind: Kind,
+    /// Name.
+    pub name: Vec<u8>,
+}
+
+/// Filesystem figures for `statfs`.
+#[derive(Clone, Debug, Default)]
+pub struct StatFs {
+    /// Total blocks of `bsize`.
+    pub blocks: u64,
+    /// Free blocks.
+    pub bfree: u64,
+    /// Free blocks for unprivileged users.
+    pub bavail: u64,
+    /// Total inodes (an estimate).
+    pub files: u64,
+    /// Free inodes (an estimate).
+    pub ffree: u64,
+    /// Block size.
+    pub bsize: u32,
+    /// Longest name.
+    pub namelen: u32,
+}
+
+/// How durable [`Vfs::fsync`] and friends make a commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CommitMode {
+    /// Close: seal every dirty chunk into the manifest; not synced.
+    Seal,
+    /// fsync: small dirty ranges may go to the journal; synced.
+    Sync,
+}
+
+/// The filesystem core. See the module doc for its locking.
+pub struct Vfs {
+    tables: Tables,
+    chunks: Arc<ChunkStore>,
+    /// Serialises namespace changes and every record write.
+    tree: Mutex<()>,
+    /// Staging of every open regular file, by inode.
+    open: Mutex<HashMap<Ino, Arc<file::OpenFile>>>,
+    /// Open file and directory handles.
+    handles: Mutex<HashMap<u64, file::Handle>>,
+    /// Next handle number.
+    next_fh: AtomicU64,
+    /// The seal and prefetch pool.
+    sealer: seal::Sealer,
+    /// Directory whose filesystem `statfs` reports.
+    statfs_path: PathBuf,
+}
+
+impl Vfs {
+    /// Opens the filesystem over `tables` and `chunks`, first folding any journal left by a
+    /// crash into chunks and releasing files deleted while open.
+    ///
+    /// # Errors
+    /// Store or chunk errors during recovery.
+    pub fn new(tables: Tables, chunks: Arc<ChunkStore>, statfs_path: &Path) -> Result<Self> {
+        let vfs = Self {
+            tables,
+            sealer: seal::Sealer::start(Arc::clone(&chunks)),
+            chunks,
+            tree: Mutex::new(()),
+            open: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            statfs_path: statfs_path.to_path_buf(),
+        };
+        vfs.recover()?;
+        Ok(vfs)
+    }
+
+    /// The tables underneath.
+    #[must_use]
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// The chunk store underneath.
+    #[must_use]
+    pub fn chunks(&self) -> &Arc<ChunkStore> {
+        &self.chunks
+    }
+
+    fn record_of(&self, ino: Ino) -> Result<FileRecord> {
+        let id = self.tables.file_of_ino(ino)?.ok_or(Error::NotFound)?;
+        self.tables.record(id)?.ok_or(Error::NotFound)
+    }
+
+    fn live_record(&self, id: FileId) -> Result<FileRecord> {
+        match self.tables.record(id)? {
+            Some(r) if !r.tombstone => Ok(r),
+            Some(_) | None => Err(Error::NotFound),
+        }
+    }
+
+    fn attr_of(&self, r: &FileRecord) -> Attr {
+        let size = self.open.lock().get(&r.ino).map_or(r.size, |f| f.size());
+        Attr {
+            ino: r.ino,
+            kind: r.kind,
+            size,
+            blocks: size.div_ceil(512),
+            atime: r.atime,
+            mtime: r.mtime,
+            ctime: r.ctime,
+            perm: r.mode & 0o7777,
+            nlink: r.nlink(),
+            uid: r.uid,
+            gid: r.gid,
+            rdev: r.rdev,
+        }
+    }
+
+    /// Attributes of `ino`.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; store errors.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let r = self.record_of(ino)?;
+        if r.tombstone && !self.open.lock().contains_key(&ino) {
+            return Err(Error::NotFound);
+        }
+        let mut attr = self.attr_of(&r);
+        if let Some(f) = self.open.lock().get(&ino).cloned() {
+            f.overlay_times(&mut attr);
+        }
+        Ok(attr)
+    }
+
+    /// Chunk ids referenced by staged, not yet committed data: gc marks them.
+    #[must_use]
+    pub fn staged_chunks(&self) -> Vec<ChunkId> {
+        let files: Vec<_> = self.open.lock().values().cloned().collect();
+        files.iter().flat_map(|f| f.staged_chunks()).collect()
+    }
+
+    /// Statistics of the filesystem holding the store.
+    ///
+    /// # Errors
+    /// The store directory cannot be examined.
+    pub fn statfs(&self) -> Result<StatFs> {
+        let total = crate::home::disk_space(&self.statfs_path)
+            .map_err(|e| Error::Store(store::Error::Io(e.to_string())))?;
+        let bsize = 4096u64;
+        Ok(StatFs {
+            blocks: total.total / bsize,
+            bfree: total.free / bsize,
+            bavail: total.available / bsize,
+            files: u64::from(u32::MAX),
+            ffree: u64::from(u32::MAX) / 2,
+            bsize: 4096,
+            namelen: 255,
+        })
+    }
+
+    /// Makes every committed change durable (fsync of a directory).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn sync_all(&self) -> Result<()> {
+        Ok(self.tables.backend().sync()?)
+    }
+
+    /// Commits every open file and syncs: used at unmount.
+    ///
+    /// # Errors
+    /// The first commit that failed (the others are still attempted).
+    pub fn shutdown(&self) -> Result<()> {
+        let files: Vec<_> = self.open.lock().values().cloned().collect();
+        let mut first = None;
+        for f in files {
+            if let Err(e) = self.commit_file(&f, CommitMode::Seal) {
+                first.get_or_insert(e);
+            }
+        }
+        if let Err(e) = self.sync_all() {
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
+    }
+}

@@ -1,0 +1,148 @@
+//! The seal pool: worker threads that hash, compress, encrypt and store full chunk buffers
+//! while the writer goes on, and read chunks ahead of sequential readers.
+//!
+//! Tasks: one worker thread per core, fed by two bounded channels (seal jobs, which block
+//! the submitter when full, and prefetches, which are dropped when full). Shutdown: dropping
+//! the [`Sealer`] closes the channels; workers finish their current job and exit, and the
+//! drop joins them.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+use parking_lot::{Condvar, Mutex};
+
+use crate::chunk::{self, ChunkStore};
+use crate::id::ChunkId;
+use crate::limits::{PREFETCH_QUEUE_JOBS_MAX, SEAL_QUEUE_JOBS_MAX};
+
+/// One buffer being sealed. Readers use `data` until the result is in.
+pub struct SealJob {
+    /// The chunk's plaintext.
+    pub data: Vec<u8>,
+    result: Mutex<Option<Result<ChunkId, Arc<chunk::Error>>>>,
+    done: Condvar,
+}
+
+impl SealJob {
+    /// Waits for the job and returns the stored chunk's id.
+    ///
+    /// # Errors
+    /// The store failed to take the chunk (a full disk, an I/O error).
+    pub fn wait(&self) -> Result<ChunkId, Arc<chunk::Error>> {
+        let mut r = self.result.lock();
+        loop {
+            if let Some(r) = r.as_ref() {
+                return r.clone();
+            }
+            self.done.wait(&mut r);
+        }
+    }
+
+    fn finish(&self, r: Result<ChunkId, chunk::Error>) {
+        *self.result.lock() = Some(r.map_err(Arc::new));
+        self.done.notify_all();
+    }
+}
+
+enum Job {
+    Seal(Arc<SealJob>),
+    Prefetch(ChunkId),
+}
+
+/// The pool; see the module doc.
+pub struct Sealer {
+    seal_tx: Option<Sender<Job>>,
+    prefetch_tx: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Used when the pool cannot start threads: jobs then run in the caller.
+    chunks: Arc<ChunkStore>,
+}
+
+fn work(chunks: &ChunkStore, seal: &Receiver<Job>, prefetch: &Receiver<Job>) {
+    loop {
+        // Seal jobs first: a writer may be blocked on them.
+        let job = match seal.try_recv() {
+            Ok(job) => job,
+            Err(_) => crossbeam_channel::select! {
+                recv(seal) -> j => match j { Ok(j) => j, Err(_) => return },
+                recv(prefetch) -> j => match j {
+                    Ok(j) => j,
+                    Err(_) => match seal.recv() { Ok(j) => j, Err(_) => return },
+                },
+            },
+        };
+        run(chunks, job);
+    }
+}
+
+fn run(chunks: &ChunkStore, job: Job) {
+    match job {
+        Job::Seal(job) => job.finish(chunks.put(&job.data)),
+        Job::Prefetch(id) => {
+            // A failed prefetch is not an error: the reader will read the chunk itself and
+            // get the error then.
+            let _ = chunks.get(&id);
+        }
+    }
+}
+
+impl Sealer {
+    /// Starts one worker per core.
+    #[must_use]
+    pub fn start(chunks: Arc<ChunkStore>) -> Self {
+        let (seal_tx, seal_rx) = bounded(SEAL_QUEUE_JOBS_MAX);
+        let (prefetch_tx, prefetch_rx) = bounded(PREFETCH_QUEUE_JOBS_MAX);
+        let n = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let workers = (0..n)
+            .filter_map(|i| {
+                let (c, s, p) = (Arc::clone(&chunks), seal_rx.clone(), prefetch_rx.clone());
+                std::thread::Builder::new()
+                    .name(format!("keibi-seal-{i}"))
+                    .spawn(move || work(&c, &s, &p))
+                    .ok()
+            })
+            .collect::<Vec<_>>();
+        Self {
+            seal_tx: Some(seal_tx),
+            prefetch_tx: Some(prefetch_tx),
+            workers,
+            chunks,
+        }
+    }
+
+    /// Queues `data` for sealing; blocks while the queue is full.
+    pub fn seal(&self, data: Vec<u8>) -> Arc<SealJob> {
+        let job = Arc::new(SealJob {
+            data,
+            result: Mutex::new(None),
+            done: Condvar::new(),
+        });
+        let queued = !self.workers.is_empty()
+            && self
+                .seal_tx
+                .as_ref()
+                .is_some_and(|tx| tx.send(Job::Seal(Arc::clone(&job))).is_ok());
+        if !queued {
+            run(&self.chunks, Job::Seal(Arc::clone(&job)));
+        }
+        job
+    }
+
+    /// Reads `id` into the chunk cache in the background, unless the queue is full.
+    pub fn prefetch(&self, id: ChunkId) {
+        if let Some(tx) = &self.prefetch_tx {
+            let _ = tx.try_send(Job::Prefetch(id));
+        }
+    }
+}
+
+impl Drop for Sealer {
+    fn drop(&mut self) {
+        self.seal_tx = None;
+        self.prefetch_tx = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Staging of one open file's dirty content: a map from chunk index to a dirty buffer, a
+//! chunk being sealed, or a sealed chunk not yet committed, overlaid on the committed
+//! manifest. Holds no locks itself; the caller holds the file's lock.
+//!
+//! Invariant: a buffer's length is always `chunk_len(size, index)`; a size change fixes up
+//! the chunk that was or becomes the last one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::chunk::{ChunkStore, chunk_count, chunk_len};
+use crate::id::{ChunkId, FileId};
+use crate::limits::{
+    CHUNK_BYTES, CHUNK_BYTES_U64, FILE_BYTES_MAX, JOURNAL_RANGES_PER_BUFFER_MAX, READAHEAD_CHUNKS,
+    STAGED_BUFFERS_PER_FILE_MAX,
+};
+use crate::tree::{FileRecord, Timestamp};
+
+use super::seal::{SealJob, Sealer};
+use super::{Error, Result};
+
+/// Byte ranges within one chunk, merged, at most [`JOURNAL_RANGES_PER_BUFFER_MAX`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Ranges {
+    ranges: Vec<(usize, usize)>,
+    /// Set when the bound was hit: `ranges` then over-approximates.
+    pub overflow: bool,
+}
+
+impl Ranges {
+    pub fn add(&mut self, start: usize, end: usize) {
+        if start >= end {
+            return;
+        }
+        let (mut s, mut e) = (start, end);
+        self.ranges.retain(|&(a, b)| {
+            if b < s || a > e {
+                true
+            } else {
+                s = s.min(a);
+                e = e.max(b);
+                false
+            }
+        });
+        let at = self.ranges.partition_point(|&(a, _)| a < s);
+        self.ranges.insert(at, (s, e));
+        if self.ranges.len() > JOURNAL_RANGES_PER_BUFFER_MAX {
+            let lo = self.ranges.first().map_or(0, |r| r.0);
+            let hi = self.ranges.last().map_or(0, |r| r.1);
+            self.ranges = vec![(lo, hi)];
+            self.overflow = true;
+        }
+    }
+    pub fn bytes(&self) -> usize {
+        self.ranges.iter().map(|(a, b)| b - a).sum()
+    }
+    pub fn covers(&self, len: usize) -> bool {
+        self.ranges.first() == Some(&(0, len))
+    }
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &(usize, usize)> {
+        self.ranges.iter()
+    }
+    pub fn clear(&mut self) {
+        self.ranges.clear();
+        self.overflow = false;
+    }
+}
+
+/// A dirty chunk in memory.
+pub(crate) struct Buf {
+    /// The chunk's whole plaintext as it now reads.
+    pub data: Vec<u8>,
+    /// Ranges changed since the last durable point (journal write or commit).
+    pub dirty: Ranges,
+    /// True when `data` equals the committed chunk plus the journal plus `dirty`, so that
+    /// journaling `dirty` makes it durable.
+    pub journal_ok: bool,
+}
+
+/// One staged chunk.
+pub(crate) enum Slot {
+    Buffer(Buf),
+    Sealing(Arc<SealJob>),
+    Sealed(ChunkId),
+}
+
+/// A piece of a read, gathered under the file lock and filled in after it.
+pub(crate) enum Piece {
+    Bytes(Vec<u8>),
+    Chunk {
+        id: ChunkId,
+        start: usize,
+        end: usize,
+    },
+    Zeros(usize),
+}
+
+/// Staged state of one open file.
+pub(crate) struct FileState {
+    pub id: FileId,
+    /// The committed manifest.
+    pub base: Vec<ChunkId>,
+    /// The committed size.
+    pub committed_size: u64,
+    /// The size as reads see it.
+    pub size: u64,
+    pub slots: BTreeMap<u64, Slot>,
+    /// Time of the last uncommitted content change.
+    pub mtime: Option<Timestamp>,
+    /// Chunk indices that have journal entries on disk.
+    pub journaled: BTreeSet<u64>,
+    /// Journal entries written for this file since it was opened.
+    pub journal_entries: u64,
+    /// Open handles.
+    pub handles: u32,
+    /// End of the last read, to detect sequential reading.
+    pub last_read_end: u64,
+}
+
+fn sub(range: &[u8], start: usize, end: usize) -> Vec<u8> {
+    let mut out = vec![0u8; end - start];
+    if start < range.len() {
+        let e = end.min(range.len());
+        out[..e - start].copy_from_slice(&range[start..e]);
+    }
+    out
+}
+
+impl FileState {
+    pub fn from_record(r: &FileRecord) -> Self {
+        Self {
+            id: r.id,
+            base: r.manifest.clone(),
+            committed_size: r.size,
+            size: r.size,
+            slots: BTreeMap::new(),
+            mtime: None,
+            journaled: BTreeSet::new(),
+            journal_entries: 0,
+            handles: 0,
+            last_read_end: u64::MAX,
+        }
+    }
+
+    /// Makes chunk `idx` a buffer of the right length and returns it.
+    pub fn load(&mut self, idx: u64, chunks: &ChunkStore) -> Result<&mut Buf> {
+        let len = chunk_len(self.size, idx);
+        let fresh = match self.slots.get(&idx) {
+            Some(Slot::Buffer(_)) => None,
+            Some(Slot::Sealing(job)) => Some(Buf {
+                data: job.data.clone(),
+                dirty: Ranges::default(),
+                journal_ok: false,
+            }),
+            Some(Slot::Sealed(id)) => Some(Buf {
+                data: chunks.get(id)?.to_vec(),
+                dirty: Ranges::default(),
+                journal_ok: false,
+            }),
+            None => Some(
+                if let Some(id) = self.base.get(usize::try_from(idx).unwrap_or(usize::MAX)) {
+                    let ok = chunk_len(self.committed_size, idx) == len;
+                    Buf {
+                        data: chunks.get(id)?.to_vec(),
+                        dirty: Ranges::default(),
+                        journal_ok: ok,
+                    }
+                } else {
+                    Buf {
+                        data: Vec::new(),
+                        dirty: Ranges::default(),
+                        journal_ok: false,
+                    }
+                },
+            ),
+        };
+        if let Some(b) = fresh {
+            self.slots.insert(idx, Slot::Buffer(b));
+        }
+        match self.slots.get_mut(&idx) {
+            Some(Slot::Buffer(b)) => {
+                if b.data.len() != len {
+                    b.data.resize(len, 0);
+                    b.journal_ok = false;
+                }
+                Ok(b)
+            }
+            Some(Slot::Sealing(_) | Slot::Sealed(_)) | None => {
+                Err(Error::Invalid("staging slot vanished".into()))
+            }
+        }
+    }
+
+    /// Sets the size, fixing up the chunk that was last and the one that becomes last.
+    pub fn set_size(&mut self, new_size: u64, chunks: &ChunkStore) -> Result<()> {
+        if new_size > FILE_BYTES_MAX {
+            return Err(Error::TooBig);
+        }
+        let old = self.size;
+        if new_size == old {
+            return Ok(());
+        }
+        let old_last_partial = old % CHUNK_BYTES_U64 != 0;
+        let old_last = chunk_count(old).saturating_sub(1);
+        self.size = new_size;
+        if new_size > old {
+            if old_last_partial && self.has_content(old_last) {
+                self.load(old_last, chunks)?;
+            }
+        } else {
+            let keep = chunk_count(new_size);
+            self.slots.retain(|idx, _| *idx < keep);
+            if new_size % CHUNK_BYTES_U64 != 0 {
+                self.load(keep - 1, chunks)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn has_content(&self, idx: u64) -> bool {
+        self.slots.contains_key(&idx) || idx < self.base.len() as u64
+    }
+
+    /// Writes `data` at `offset`; full chunks go to the seal pool at once.
+    pub fn write(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        chunks: &ChunkStore,
+        sealer: &Sealer,
+    ) -> Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset.checked_add(data.len() as u64).ok_or(Error::TooBig)?;
+        if end > self.size {
+            self.set_size(end, chunks)?;
+        }
+        let first = offset / CHUNK_BYTES_U64;
+        let last = (end - 1) / CHUNK_BYTES_U64;
+        for idx in first..=last {
+            let cstart = idx * CHUNK_BYTES_U64;
+            #[expect(clippy::cast_possible_truncation, reason = "within one chunk")]
+            let (s, e) = (
+                offset.max(cstart) - cstart,
+                end.min(cstart + CHUNK_BYTES_U64) - cstart,
+            );
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "offset into data, below its length"
+            )]
+            let from = (cstart + s - offset) as usize;
+            #[expect(clippy::cast_possible_truncation, reason = "within one chunk")]
+            let (s, e) = (s as usize, e as usize);
+            let buf = self.load(idx, chunks)?;
+            buf.data[s..e].copy_from_slice(&data[from..from + (e - s)]);
+            buf.dirty.add(s, e);
+            if buf.data.len() == CHUNK_BYTES && buf.dirty.covers(CHUNK_BYTES) {
+                self.seal_slot(idx, sealer);
+            }
+        }
+        self.mtime = Some(Timestamp::now());
+        self.relieve_pressure(last, sealer);
+        Ok(())
+    }
+
+    /// Sends buffer `idx` to the seal pool.
+    pub fn seal_slot(&mut self, idx: u64, sealer: &Sealer) {
+        match self.slots.remove(&idx) {
+            Some(Slot::Buffer(b)) => {
+                self.slots.insert(idx, Slot::Sealing(sealer.seal(b.data)));
+            }
+            Some(other) => {
+                self.slots.insert(idx, other);
+            }
+            None => {}
+        }
+    }
+
+    /// Seals the lowest buffers when more than [`STAGED_BUFFERS_PER_FILE_MAX`] are held.
+    fn relieve_pressure(&mut self, keep: u64, sealer: &Sealer) {
+        let buffers: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| matches!(s, Slot::Buffer(_)))
+            .map(|(i, _)| *i)
+            .collect();
+        if buffers.len() <= STAGED_BUFFERS_PER_FILE_MAX {
+            return;
+        }
+        let excess = buffers.len() - STAGED_BUFFERS_PER_FILE_MAX / 2;
+        for idx in buffers.into_iter().filter(|i| *i != keep).take(excess) {
+            self.seal_slot(idx, sealer);
+        }
+    }
+
+    /// What a read of `len` bytes at `offset` returns, as pieces to fill in.
+    pub fn read_plan(
+        &mut self,
+        offset: u64,
+        len: u32,
+        sealer: &Sealer,
+        chunks: &ChunkStore,
+    ) -> Vec<Piece> {
+        let end = offset.saturating_add(u64::from(len)).min(self.size);
+        let mut pieces = Vec::new();
+        if offset >= end {
+            return pieces;
+        }
+        let sequential = offset == self.last_read_end;
+        self.last_read_end = end;
+        let (first, last) = (offset / CHUNK_BYTES_U64, (end - 1) / CHUNK_BYTES_U64);
+        for idx in first..=last {
+            let cstart = idx * CHUNK_BYTES_U64;
+            #[expect(clippy::cast_possible_truncation, reason = "within one chunk")]
+            let (s, e) = (
+                (offset.max(cstart) - cstart) as usize,
+                (end.min(cstart + CHUNK_BYTES_U64) - cstart) as usize,
+            );
+            pieces.push(match self.slots.get(&idx) {
+                Some(Slot::Buffer(b)) => Piece::Bytes(sub(&b.data, s, e)),
+                Some(Slot::Sealing(job)) => Piece::Bytes(sub(&job.data, s, e)),
+                Some(Slot::Sealed(id)) => Piece::Chunk {
+                    id: *id,
+                    start: s,
+                    end: e,
+                },
+                None => match self.base.get(usize::try_from(idx).unwrap_or(usize::MAX)) {
+                    Some(id) => Piece::Chunk {
+                        id: *id,
+                        start: s,
+                        end: e,
+                    },
+                    None => Piece::Zeros(e - s),
+                },
+            });
+        }
+        if sequential {
+            for ahead in last + 1..=last + READAHEAD_CHUNKS {
+                if self.slots.contains_key(&ahead) {
+                    continue;
+                }
+                if let Some(id) = self.base.get(usize::try_from(ahead).unwrap_or(usize::MAX)) {
+                    if !chunks.is_cached(id) {
+                        sealer.prefetch(*id);
+                    }
+                }
+            }
+        }
+        pieces
+    }
+
+    /// Ids of staged chunks, waiting for chunks still being sealed.
+    pub fn staged_chunks(&self) -> Vec<ChunkId> {
+        self.slots
+            .values()
+            .filter_map(|s| match s {
+                Slot::Sealed(id) => Some(*id),
+                Slot::Sealing(job) => job.wait().ok(),
+                Slot::Buffer(_) => None,
+            })
+            .collect()
+    }
+
+    /// True when there is nothing to commit.
+    pub fn is_clean(&self) -> bool {
+        self.slots.is_empty()
+            && self.size == self.committed_size
+            && self.mtime.is_none()
+            && self.journaled.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ranges;
+
+    #[test]
+    fn ranges_merge_and_cover() {
+        let mut r = Ranges::default();
+        r.add(10, 20);
+        r.add(30, 40);
+        assert_eq!(r.bytes(), 20);
+        r.add(15, 35);
+        assert_eq!(r.iter().copied().collect::<Vec<_>>(), vec![(10, 40)]);
+        r.add(0, 10);
+        r.add(40, 100);
+        assert!(r.covers(100));
+        assert!(!r.overflow);
+        let mut r = Ranges::default();
+        for i in 0..200 {
+            r.add(i * 10, i * 10 + 5);
+        }
+        assert!(r.overflow);
+        assert_eq!(r.iter().copied().collect::<Vec<_>>(), vec![(0, 1995)]);
+    }
+}
