@@ -26,6 +26,7 @@ use crate::id::{ChunkId, FileId, Ino};
 use crate::store::{self, tables::Tables};
 use crate::tree::{FileRecord, Kind, Timestamp};
 
+pub use dir::RenameMode;
 pub use file::OpenFlags;
 
 /// Errors of the vfs core; `src/fuse/errno.rs` maps each to an errno.

@@ -1,0 +1,183 @@
+//! gc: safe under concurrent writers, frees disk space, refuses to sweep after a failed mark.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use keibi::gc::{self, GcPlan};
+use keibi::id::ROOT_INO;
+use keibi::limits::CHUNK_BYTES;
+use keibi::store::{Batch, Cf, Durability};
+use keibi::vfs::{OpenFlags, RenameMode, Vfs};
+
+use common::{ME, TestResult, noise, put_file, read_all};
+
+/// One writer: rewrites, renames and deletes its own files; returns what they should hold.
+fn writer(vfs: &Vfs, me: usize, stop: &AtomicBool) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let dir = vfs
+        .mkdir(ROOT_INO, format!("w{me}").as_bytes(), 0o755, ME)
+        .expect("mkdir")
+        .ino;
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) && round < 400 {
+        round += 1;
+        let name = format!("f{}", round % 7);
+        // Content repeats across writers and rounds, so dedup hits chunks gc considers dead.
+        let len = (round as usize * 7919) % (3 * CHUNK_BYTES) + 1;
+        let data = noise(len, round % 5);
+        match round % 5 {
+            0 => {
+                if files.remove(&name).is_some() {
+                    vfs.unlink(dir, name.as_bytes()).expect("unlink");
+                }
+            }
+            1 if files.contains_key(&name) => {
+                let to = format!("r{}", round % 3);
+                vfs.rename(
+                    dir,
+                    name.as_bytes(),
+                    dir,
+                    to.as_bytes(),
+                    RenameMode::Replace,
+                )
+                .expect("rename");
+                let v = files.remove(&name).expect("content");
+                files.insert(to, v);
+            }
+            _ => {
+                if files.contains_key(&name) {
+                    let ino = vfs.lookup(dir, name.as_bytes()).expect("lookup").ino;
+                    let fh = vfs
+                        .open(
+                            ino,
+                            OpenFlags {
+                                truncate: true,
+                                ..OpenFlags::default()
+                            },
+                        )
+                        .expect("open");
+                    vfs.write(fh, 0, &data).expect("write");
+                    vfs.release(fh).expect("release");
+                } else {
+                    put_file(vfs, dir, &name, &data);
+                }
+                files.insert(name, data);
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn gc_under_concurrent_writers_loses_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let fx = common::rocks(dir.path());
+    let vfs = Arc::new(fx.vfs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..2)
+        .map(|me| {
+            let (vfs, stop) = (Arc::clone(&vfs), Arc::clone(&stop));
+            std::thread::spawn(move || writer(&vfs, me, &stop))
+        })
+        .collect();
+    let mut deleted = 0;
+    let mut runs = 0;
+    // gc runs back to back for as long as the writers write (bounded in count).
+    while handles.iter().any(|h| !h.is_finished()) && runs < 10_000 {
+        let plan = GcPlan::compute(&fx.chunks, &|| vfs.staged_chunks())?;
+        deleted += plan.execute()?.deleted_chunks;
+        runs += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    eprintln!("{runs} gc runs during the writes deleted {deleted} chunks");
+    assert!(runs > 1, "gc must overlap the writers");
+    let expected: Vec<BTreeMap<String, Vec<u8>>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("writer"))
+        .collect();
+    let plan = GcPlan::compute(&fx.chunks, &|| vfs.staged_chunks())?;
+    deleted += plan.execute()?.deleted_chunks;
+    assert!(
+        deleted > 0,
+        "the writers made garbage, gc must have collected some"
+    );
+    for (me, files) in expected.iter().enumerate() {
+        let d = vfs.lookup(ROOT_INO, format!("w{me}").as_bytes())?.ino;
+        for (name, data) in files {
+            let ino = vfs.lookup(d, name.as_bytes())?.ino;
+            assert!(
+                read_all(&vfs, ino) == *data,
+                "w{me}/{name} differs after gc"
+            );
+        }
+    }
+    let report = keibi::verify::run(
+        fx.backend.as_ref(),
+        fx.chunks.cipher(),
+        keibi::verify::Options {
+            sample_percent: 100,
+            progress: false,
+        },
+    );
+    assert_eq!(report.findings_total, 0, "{:?}", report.findings);
+    Ok(())
+}
+
+#[test]
+fn gc_frees_disk_space() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let fx = common::rocks(dir.path());
+    for i in 0..8 {
+        put_file(
+            &fx.vfs,
+            ROOT_INO,
+            &format!("f{i}"),
+            &noise(8 * CHUNK_BYTES, i),
+        );
+    }
+    fx.vfs.sync_all()?;
+    fx.backend.flush()?;
+    for i in 0..8 {
+        fx.vfs.unlink(ROOT_INO, format!("f{i}").as_bytes())?;
+    }
+    let plan = GcPlan::compute(&fx.chunks, &|| fx.vfs.staged_chunks())?;
+    assert_eq!(plan.doomed.len(), 64);
+    assert!(plan.doomed_bytes() >= 64 * CHUNK_BYTES as u64);
+    let report = plan.execute()?;
+    assert_eq!(report.deleted_chunks, 64);
+    assert!(
+        report.disk_bytes_before >= 32 << 20,
+        "before: {}",
+        report.disk_bytes_before
+    );
+    assert!(
+        report.disk_bytes_after < report.disk_bytes_before / 8,
+        "{report:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn gc_deletes_nothing_when_the_mark_fails() -> TestResult {
+    let fx = common::mem();
+    put_file(&fx.vfs, ROOT_INO, "a", &noise(1000, 1));
+    let mut batch = Batch::new();
+    batch.put(Cf::Files, vec![0u8; 16], b"\x01garbage".to_vec());
+    fx.backend.write(batch, Durability::Buffered)?;
+    match GcPlan::compute(&fx.chunks, &Vec::new) {
+        Err(gc::Error::MarkFailed(_)) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("gc planned a sweep over a failed mark"),
+    }
+    assert!(
+        matches!(
+            GcPlan::compute(&fx.chunks, &Vec::new),
+            Err(gc::Error::MarkFailed(_))
+        ),
+        "protection was released"
+    );
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! Targeted vfs core behaviour: POSIX namespace rules, open-unlinked files, sparse and empty
+//! files, the fsync journal and crash recovery, persistence.
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use keibi::id::ROOT_INO;
+use keibi::limits::CHUNK_BYTES;
+use keibi::store::Cf;
+use keibi::tree::Kind;
+use keibi::vfs::{Error, OpenFlags, RenameMode, SetAttr, TimeSet};
+
+use common::{ME, TestResult, noise, put_file, read_all};
+
+fn count(backend: &dyn keibi::store::Backend, cf: Cf) -> usize {
+    let mut n = 0;
+    backend
+        .scan(cf, &[], None, &mut |_, _| {
+            n += 1;
+            ControlFlow::Continue(())
+        })
+        .expect("scan");
+    n
+}
+
+#[test]
+fn rename_follows_posix_rules() -> TestResult {
+    let fx = common::mem();
+    let v = &fx.vfs;
+    let a = v.mkdir(ROOT_INO, b"a", 0o755, ME)?;
+    let b = v.mkdir(a.ino, b"b", 0o755, ME)?;
+    put_file(v, ROOT_INO, "x", b"xx");
+    put_file(v, ROOT_INO, "y", b"yyy");
+    assert!(matches!(
+        v.rename(ROOT_INO, b"a", b.ino, b"a2", RenameMode::Replace),
+        Err(Error::Invalid(_))
+    ));
+    assert!(matches!(
+        v.rename(ROOT_INO, b"x", ROOT_INO, b"y", RenameMode::NoReplace),
+        Err(Error::Exists)
+    ));
+    assert!(matches!(
+        v.rename(ROOT_INO, b"x", ROOT_INO, b"a", RenameMode::Replace),
+        Err(Error::IsDir)
+    ));
+    assert!(matches!(
+        v.rename(ROOT_INO, b"a", ROOT_INO, b"x", RenameMode::Replace),
+        Err(Error::NotDir)
+    ));
+    v.rename(ROOT_INO, b"x", ROOT_INO, b"y", RenameMode::Exchange)?;
+    assert_eq!(read_all(v, v.lookup(ROOT_INO, b"x")?.ino), b"yyy");
+    assert_eq!(read_all(v, v.lookup(ROOT_INO, b"y")?.ino), b"xx");
+    v.rename(ROOT_INO, b"x", a.ino, b"moved", RenameMode::Replace)?;
+    assert!(matches!(v.lookup(ROOT_INO, b"x"), Err(Error::NotFound)));
+    assert_eq!(read_all(v, v.lookup(a.ino, b"moved")?.ino), b"yyy");
+    // A non-empty directory cannot be replaced; an empty one can.
+    let c = v.mkdir(ROOT_INO, b"c", 0o755, ME)?;
+    assert!(matches!(
+        v.rename(ROOT_INO, b"c", ROOT_INO, b"a", RenameMode::Replace),
+        Err(Error::NotEmpty)
+    ));
+    v.rename(a.ino, b"b", ROOT_INO, b"c", RenameMode::Replace)?;
+    assert_eq!(v.lookup(ROOT_INO, b"c")?.ino, b.ino);
+    assert_ne!(c.ino, b.ino);
+    assert_eq!(v.getattr(a.ino)?.nlink, 2);
+    assert_eq!(v.getattr(ROOT_INO)?.nlink, 4);
+    Ok(())
+}
+
+#[test]
+fn names_and_links_are_checked() -> TestResult {
+    let fx = common::mem();
+    let v = &fx.vfs;
+    let long = vec![b'n'; 255];
+    put_file(v, ROOT_INO, std::str::from_utf8(&long)?, b"");
+    assert!(matches!(
+        v.mkdir(ROOT_INO, &vec![b'n'; 256], 0o755, ME),
+        Err(Error::NameTooLong)
+    ));
+    assert!(matches!(
+        v.mkdir(ROOT_INO, b"a/b", 0o755, ME),
+        Err(Error::Invalid(_))
+    ));
+    let f = v.lookup(ROOT_INO, &long)?;
+    assert!(matches!(
+        v.link(f.ino, ROOT_INO, b"hard"),
+        Err(Error::NotPermitted(_))
+    ));
+    let s = v.symlink(ROOT_INO, b"s", b"../target", ME)?;
+    assert_eq!(s.kind, Kind::Symlink);
+    assert_eq!(v.readlink(s.ino)?, b"../target");
+    assert!(matches!(
+        v.unlink(ROOT_INO, b"missing"),
+        Err(Error::NotFound)
+    ));
+    let d = v.mkdir(ROOT_INO, b"d", 0o2775, ME)?;
+    let sub = v.mkdir(d.ino, b"sub", 0o755, keibi::vfs::Creator { uid: 5, gid: 6 })?;
+    assert_eq!(
+        sub.gid, d.gid,
+        "set-group-id directories pass their group on"
+    );
+    assert_eq!(sub.perm & 0o2000, 0o2000);
+    assert!(matches!(v.unlink(ROOT_INO, b"d"), Err(Error::IsDir)));
+    assert!(matches!(v.rmdir(ROOT_INO, b"d"), Err(Error::NotEmpty)));
+    Ok(())
+}
+
+#[test]
+fn empty_files_stay_empty() -> TestResult {
+    let fx = common::mem();
+    let v = &fx.vfs;
+    let ino = put_file(v, ROOT_INO, "e", b"");
+    assert_eq!(v.getattr(ino)?.size, 0);
+    assert!(read_all(v, ino).is_empty());
+    let ino2 = put_file(v, ROOT_INO, "f", b"content");
+    v.setattr(
+        ino2,
+        &SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        },
+    )?;
+    assert!(read_all(v, ino2).is_empty());
+    let fh = v.open(
+        ino2,
+        OpenFlags {
+            truncate: true,
+            ..OpenFlags::default()
+        },
+    )?;
+    v.release(fh)?;
+    assert_eq!(v.getattr(ino2)?.size, 0);
+    Ok(())
+}
+
+#[test]
+fn open_unlinked_file_stays_readable_until_release() -> TestResult {
+    let fx = common::mem();
+    let v = &fx.vfs;
+    let data = noise(3 * CHUNK_BYTES, 1);
+    let ino = put_file(v, ROOT_INO, "f", &data);
+    let fh = v.open(ino, OpenFlags::default())?;
+    v.unlink(ROOT_INO, b"f")?;
+    assert!(matches!(v.lookup(ROOT_INO, b"f"), Err(Error::NotFound)));
+    assert_eq!(v.read(fh, 0, 100)?, data[..100]);
+    let plan = keibi::gc::GcPlan::compute(&fx.chunks, &|| v.staged_chunks())?;
+    assert!(
+        plan.doomed.is_empty(),
+        "chunks of an open file must survive gc"
+    );
+    drop(plan);
+    v.release(fh)?;
+    let plan = keibi::gc::GcPlan::compute(&fx.chunks, &|| v.staged_chunks())?;
+    assert_eq!(
+        plan.doomed.len(),
+        3,
+        "after the last close the content is garbage"
+    );
+    Ok(())
+}
+
+#[test]
+fn sparse_files_read_zeros_and_store_one_zero_chunk() -> TestResult {
+    let fx = common::mem();
+    let v = &fx.vfs;
+    let (attr, fh) = v.create(ROOT_INO, b"sparse", 0o644, ME, OpenFlags::default())?;
+    let far = 10 * CHUNK_BYTES as u64 + 5;
+    v.write(fh, far, b"end")?;
+    v.release(fh)?;
+    assert_eq!(v.getattr(attr.ino)?.size, far + 3);
+    let data = read_all(v, attr.ino);
+    assert!(data[..far as usize].iter().all(|b| *b == 0));
+    assert_eq!(&data[far as usize..], b"end");
+    // Ten full zero chunks share one stored chunk; plus the last chunk.
+    assert_eq!(count(fx.backend.as_ref(), Cf::ChunkIndex), 2);
+    // Extending by truncate adds a hole too.
+    v.setattr(
+        attr.ino,
+        &SetAttr {
+            size: Some(far + 3 + 2 * CHUNK_BYTES as u64),
+            ..SetAttr::default()
+        },
+    )?;
+    let data = read_all(v, attr.ino);
+    assert_eq!(&data[far as usize..far as usize + 3], b"end");
+    assert!(data[far as usize + 3..].iter().all(|b| *b == 0));
+    Ok(())
+}
+
+#[test]
+fn times_can_be_set_and_omitted() -> TestResult {
+    let fx = common::mem();
+    let v = &fx.vfs;
+    let ino = put_file(v, ROOT_INO, "t", b"x");
+    let t = keibi::tree::Timestamp {
+        secs: 1_000_000,
+        nanos: 5,
+    };
+    let before = v.getattr(ino)?;
+    let a = v.setattr(
+        ino,
+        &SetAttr {
+            mtime: Some(TimeSet::At(t)),
+            ..SetAttr::default()
+        },
+    )?;
+    assert_eq!(a.mtime, t);
+    assert_eq!(a.atime, before.atime, "an omitted time stays");
+    assert!(a.ctime >= before.ctime);
+    let a = v.setattr(
+        ino,
+        &SetAttr {
+            mode: Some(0o4755),
+            uid: Some(3),
+            gid: Some(4),
+            ..SetAttr::default()
+        },
+    )?;
+    assert_eq!((a.perm, a.uid, a.gid), (0o4755, 3, 4));
+    Ok(())
+}
+
+#[test]
+fn small_fsynced_writes_use_the_journal_and_survive_a_crash() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = noise(4 * CHUNK_BYTES, 2);
+    let mut expect = data.clone();
+    let ino = {
+        let fx = common::rocks(dir.path());
+        let ino = put_file(&fx.vfs, ROOT_INO, "db", &data);
+        let chunks_before = count(fx.backend.as_ref(), Cf::ChunkIndex);
+        let fh = fx.vfs.open(ino, OpenFlags::default())?;
+        for i in 0..64u64 {
+            let off = (i * 97_003) % (data.len() as u64 - 4096);
+            let page = noise(4096, 100 + i);
+            fx.vfs.write(fh, off, &page)?;
+            expect[off as usize..off as usize + 4096].copy_from_slice(&page);
+            if i % 16 == 15 {
+                fx.vfs.fsync(fh)?;
+            }
+        }
+        assert!(
+            count(fx.backend.as_ref(), Cf::Journal) > 0,
+            "fsync of small writes goes to the journal"
+        );
+        assert_eq!(
+            count(fx.backend.as_ref(), Cf::ChunkIndex),
+            chunks_before,
+            "fsync of small writes seals no chunk"
+        );
+        assert_eq!(fx.vfs.read(fh, 0, expect.len() as u32)?, expect);
+        // Crash: no release, no shutdown; the store closes as a killed process's would.
+        ino
+    };
+    let fx = common::rocks(dir.path());
+    assert_eq!(
+        count(fx.backend.as_ref(), Cf::Journal),
+        0,
+        "recovery folds the journal"
+    );
+    assert_eq!(read_all(&fx.vfs, ino), expect, "every fsynced byte is back");
+    let report = keibi::verify::run(
+        fx.backend.as_ref(),
+        fx.chunks.cipher(),
+        keibi::verify::Options {
+            sample_percent: 100,
+            progress: false,
+        },
+    );
+    assert_eq!(report.findings_total, 0, "{:?}", report.findings);
+    Ok(())
+}
+
+#[test]
+fn committed_files_persist_across_reopen() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = noise(CHUNK_BYTES + 77, 3);
+    {
+        let fx = common::rocks(dir.path());
+        let d = fx.vfs.mkdir(ROOT_INO, b"dir", 0o750, ME)?;
+        put_file(&fx.vfs, d.ino, "file", &data);
+        fx.vfs.symlink(d.ino, b"link", b"file", ME)?;
+        fx.vfs.shutdown()?;
+    }
+    let fx = common::rocks(dir.path());
+    let d = fx.vfs.lookup(ROOT_INO, b"dir")?;
+    assert_eq!(d.perm, 0o750);
+    let f = fx.vfs.lookup(d.ino, b"file")?;
+    assert_eq!(read_all(&fx.vfs, f.ino), data);
+    assert_eq!(
+        fx.vfs.readlink(fx.vfs.lookup(d.ino, b"link")?.ino)?,
+        b"file"
+    );
+    Ok(())
+}
+
+#[test]
+fn readdir_listing_is_stable_while_entries_are_removed() -> TestResult {
+    let fx = common::mem();
+    let v = &fx.vfs;
+    for i in 0..2500 {
+        put_file(v, ROOT_INO, &format!("f{i:05}"), b"");
+    }
+    let fh = v.opendir(ROOT_INO)?;
+    let mut seen = Vec::new();
+    let mut offset = 0;
+    loop {
+        let batch = v.readdir(fh, offset)?;
+        let Some(last) = batch.last() else { break };
+        offset = last.offset;
+        for e in batch {
+            if e.name.starts_with(b"f") {
+                v.unlink(ROOT_INO, &e.name)?;
+                seen.push(e.name);
+            }
+        }
+    }
+    v.releasedir(fh);
+    assert_eq!(
+        seen.len(),
+        2500,
+        "rm -rf style removal sees every entry once"
+    );
+    v.rmdir(ROOT_INO, b"nothing").expect_err("no such dir");
+    assert!(!fx.vfs.tables().has_children(keibi::id::FileId::ROOT)?);
+    Ok(())
+}
+
+#[test]
+fn large_sequential_write_reads_back() -> TestResult {
+    let fx = common::mem();
+    let data = noise(40 * CHUNK_BYTES + 12345, 4);
+    let ino = put_file(&fx.vfs, ROOT_INO, "big", &data);
+    assert_eq!(read_all(&fx.vfs, ino), data);
+    assert_eq!(count(fx.backend.as_ref(), Cf::ChunkIndex), 41);
+    Ok(())
+}
