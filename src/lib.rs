@@ -22,6 +22,8 @@ pub mod id;
 pub mod limits;
 pub mod status;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod tree;
 pub mod verify;
 pub mod vfs;

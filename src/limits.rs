@@ -63,6 +63,6 @@ pub const READDIR_ENTRIES_MAX: usize = 1024;
 
 const _: () = assert!(CHUNK_BYTES.is_power_of_two());
 const _: () = assert!(CHUNK_BYTES <= u32::MAX as usize, "frame lengths are u32");
-const _: () = assert!((MANIFEST_CHUNKS_MAX as usize) * 33 < RECORD_BYTES_MAX);
+const _: () = assert!(MANIFEST_CHUNKS_MAX * 33 < RECORD_BYTES_MAX as u64);
 const _: () = assert!(JOURNAL_CHUNK_DIRTY_BYTES_MAX <= JOURNAL_FSYNC_BYTES_MAX);
 const _: () = assert!(STAGED_BUFFERS_PER_FILE_MAX >= 2);

@@ -498,7 +498,7 @@ fn check_seq_and_inodes(backend: &dyn Backend, nodes: &HashMap<FileId, Node>, c:
     }
     let r = backend.scan(Cf::Journal, &[], None, &mut |k, _| {
         if let Ok((file, _, _)) = keys::parse_journal(k) {
-            if !nodes.get(&file).is_some_and(|n| !n.tombstone) {
+            if nodes.get(&file).is_none_or(|n| n.tombstone) {
                 c.add(
                     "stale-journal",
                     file.to_string(),

@@ -1,4 +1,8 @@
 //! The `keibi` command line: exit codes, messages, verify on clean and damaged stores.
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers fail loudly on setup errors"
+)]
 
 use std::path::Path;
 

@@ -1,6 +1,12 @@
 //! gc: safe under concurrent writers, frees disk space, refuses to sweep after a failed mark.
-
-mod common;
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers fail loudly on setup errors"
+)]
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "test sizes fit in every integer type used"
+)]
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +18,17 @@ use keibi::limits::CHUNK_BYTES;
 use keibi::store::{Batch, Cf, Durability};
 use keibi::vfs::{OpenFlags, RenameMode, Vfs};
 
-use common::{ME, TestResult, noise, put_file, read_all};
+use keibi::testing::{self as common, BoxError, ME, noise};
+
+type TestResult = Result<(), BoxError>;
+
+fn put_file(vfs: &keibi::vfs::Vfs, parent: u64, name: &str, data: &[u8]) -> u64 {
+    keibi::testing::put_file(vfs, parent, name, data).expect("put_file")
+}
+
+fn read_all(vfs: &keibi::vfs::Vfs, ino: u64) -> Vec<u8> {
+    keibi::testing::read_all(vfs, ino).expect("read_all")
+}
 
 /// One writer: rewrites, renames and deletes its own files; returns what they should hold.
 fn writer(vfs: &Vfs, me: usize, stop: &AtomicBool) -> BTreeMap<String, Vec<u8>> {
@@ -74,7 +90,7 @@ fn writer(vfs: &Vfs, me: usize, stop: &AtomicBool) -> BTreeMap<String, Vec<u8>> 
 #[test]
 fn gc_under_concurrent_writers_loses_nothing() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let fx = common::rocks(dir.path());
+    let fx = common::rocks(dir.path()).expect("fixture");
     let vfs = Arc::new(fx.vfs);
     let stop = Arc::new(AtomicBool::new(false));
     let handles: Vec<_> = (0..2)
@@ -129,7 +145,7 @@ fn gc_under_concurrent_writers_loses_nothing() -> TestResult {
 #[test]
 fn gc_frees_disk_space() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let fx = common::rocks(dir.path());
+    let fx = common::rocks(dir.path()).expect("fixture");
     for i in 0..8 {
         put_file(
             &fx.vfs,
@@ -162,7 +178,7 @@ fn gc_frees_disk_space() -> TestResult {
 
 #[test]
 fn gc_deletes_nothing_when_the_mark_fails() -> TestResult {
-    let fx = common::mem();
+    let fx = common::mem().expect("fixture");
     put_file(&fx.vfs, ROOT_INO, "a", &noise(1000, 1));
     let mut batch = Batch::new();
     batch.put(Cf::Files, vec![0u8; 16], b"\x01garbage".to_vec());

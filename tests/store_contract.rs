@@ -1,5 +1,9 @@
 //! One test body, two stores: the key-value contract and the chunk store, run against the
 //! in-memory twin and against RocksDB.
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers fail loudly on setup errors"
+)]
 
 use std::ops::ControlFlow;
 use std::sync::Arc;

@@ -1,7 +1,13 @@
 //! Model test: random operation sequences run against the vfs core and against a plain
 //! in-memory model; contents and tree are compared after every step.
-
-mod common;
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers fail loudly on setup errors"
+)]
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "test sizes fit in every integer type used"
+)]
 
 use std::collections::BTreeMap;
 
@@ -9,7 +15,7 @@ use keibi::id::ROOT_INO;
 use keibi::vfs::{Error, OpenFlags, RenameMode, SetAttr, Vfs};
 use proptest::prelude::*;
 
-use common::ME;
+use keibi::testing::{self as common, ME};
 
 const KIB: u64 = 1024;
 /// Files f0..f5: f0, f1 in the root, f2, f3 in d0, f4, f5 in d1.
@@ -128,6 +134,10 @@ impl Harness {
     }
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one match arm per operation reads best in one place"
+)]
 fn apply(vfs: &mut Vfs, h: &mut Harness, m: &mut Model, op: &Op, remount: &dyn Fn(Vfs) -> Vfs) {
     let parent_ok = |m: &Model, f: usize| dir_of(f).is_none_or(|d| m.dirs[d]);
     match *op {
@@ -238,7 +248,7 @@ fn apply(vfs: &mut Vfs, h: &mut Harness, m: &mut Model, op: &Op, remount: &dyn F
 }
 
 fn remount_placeholder() -> Vfs {
-    common::mem().vfs
+    common::mem().expect("fixture").vfs
 }
 
 fn check(vfs: &Vfs, h: &mut Harness, m: &Model) {
@@ -305,13 +315,11 @@ proptest! {
 
     #[test]
     fn vfs_matches_model_in_memory(ops in proptest::collection::vec(op(), 1..30)) {
-        let fx = common::mem();
+        let fx = common::mem().expect("fixture");
         let backend = std::sync::Arc::clone(&fx.backend);
-        let chunks = std::sync::Arc::clone(&fx.chunks);
         run(&ops, fx.vfs, &move |old: Vfs| {
             drop(old);
-            let tables = keibi::store::tables::Tables::open(std::sync::Arc::clone(&backend), std::path::Path::new("mem")).expect("tables");
-            Vfs::new(tables, std::sync::Arc::clone(&chunks), std::path::Path::new("/")).expect("vfs")
+            common::reopen_mem(&backend).expect("remount").vfs
         });
     }
 }
@@ -323,11 +331,11 @@ proptest! {
     fn vfs_matches_model_on_rocksdb(ops in proptest::collection::vec(op(), 1..25)) {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().to_path_buf();
-        let common::Fixture { vfs, .. } = common::rocks(&home);
+        let common::Fixture { vfs, .. } = common::rocks(&home).expect("fixture");
         let report_home = home.clone();
         run(&ops, vfs, &move |old: Vfs| {
             drop(old);
-            common::rocks(&home).vfs
+            common::rocks(&home).expect("fixture").vfs
         });
         let store = keibi::home::Home::new(&report_home).open().expect("open");
         let report = keibi::verify::run(store.backend.as_ref(), store.chunks.cipher(), keibi::verify::Options { sample_percent: 100, progress: false });

@@ -1,7 +1,13 @@
 //! Targeted vfs core behaviour: POSIX namespace rules, open-unlinked files, sparse and empty
 //! files, the fsync journal and crash recovery, persistence.
-
-mod common;
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers fail loudly on setup errors"
+)]
+#![expect(
+    clippy::cast_possible_truncation,
+    reason = "test sizes fit in every integer type used"
+)]
 
 use std::ops::ControlFlow;
 
@@ -11,7 +17,17 @@ use keibi::store::Cf;
 use keibi::tree::Kind;
 use keibi::vfs::{Error, OpenFlags, RenameMode, SetAttr, TimeSet};
 
-use common::{ME, TestResult, noise, put_file, read_all};
+use keibi::testing::{self as common, BoxError, ME, noise};
+
+type TestResult = Result<(), BoxError>;
+
+fn put_file(vfs: &keibi::vfs::Vfs, parent: u64, name: &str, data: &[u8]) -> u64 {
+    keibi::testing::put_file(vfs, parent, name, data).expect("put_file")
+}
+
+fn read_all(vfs: &keibi::vfs::Vfs, ino: u64) -> Vec<u8> {
+    keibi::testing::read_all(vfs, ino).expect("read_all")
+}
 
 fn count(backend: &dyn keibi::store::Backend, cf: Cf) -> usize {
     let mut n = 0;
@@ -26,7 +42,7 @@ fn count(backend: &dyn keibi::store::Backend, cf: Cf) -> usize {
 
 #[test]
 fn rename_follows_posix_rules() -> TestResult {
-    let fx = common::mem();
+    let fx = common::mem().expect("fixture");
     let v = &fx.vfs;
     let a = v.mkdir(ROOT_INO, b"a", 0o755, ME)?;
     let b = v.mkdir(a.ino, b"b", 0o755, ME)?;
@@ -70,7 +86,7 @@ fn rename_follows_posix_rules() -> TestResult {
 
 #[test]
 fn names_and_links_are_checked() -> TestResult {
-    let fx = common::mem();
+    let fx = common::mem().expect("fixture");
     let v = &fx.vfs;
     let long = vec![b'n'; 255];
     put_file(v, ROOT_INO, std::str::from_utf8(&long)?, b"");
@@ -108,7 +124,7 @@ fn names_and_links_are_checked() -> TestResult {
 
 #[test]
 fn empty_files_stay_empty() -> TestResult {
-    let fx = common::mem();
+    let fx = common::mem().expect("fixture");
     let v = &fx.vfs;
     let ino = put_file(v, ROOT_INO, "e", b"");
     assert_eq!(v.getattr(ino)?.size, 0);
@@ -136,7 +152,7 @@ fn empty_files_stay_empty() -> TestResult {
 
 #[test]
 fn open_unlinked_file_stays_readable_until_release() -> TestResult {
-    let fx = common::mem();
+    let fx = common::mem().expect("fixture");
     let v = &fx.vfs;
     let data = noise(3 * CHUNK_BYTES, 1);
     let ino = put_file(v, ROOT_INO, "f", &data);
@@ -162,7 +178,7 @@ fn open_unlinked_file_stays_readable_until_release() -> TestResult {
 
 #[test]
 fn sparse_files_read_zeros_and_store_one_zero_chunk() -> TestResult {
-    let fx = common::mem();
+    let fx = common::mem().expect("fixture");
     let v = &fx.vfs;
     let (attr, fh) = v.create(ROOT_INO, b"sparse", 0o644, ME, OpenFlags::default())?;
     let far = 10 * CHUNK_BYTES as u64 + 5;
@@ -190,7 +206,7 @@ fn sparse_files_read_zeros_and_store_one_zero_chunk() -> TestResult {
 
 #[test]
 fn times_can_be_set_and_omitted() -> TestResult {
-    let fx = common::mem();
+    let fx = common::mem().expect("fixture");
     let v = &fx.vfs;
     let ino = put_file(v, ROOT_INO, "t", b"x");
     let t = keibi::tree::Timestamp {
@@ -227,7 +243,7 @@ fn small_fsynced_writes_use_the_journal_and_survive_a_crash() -> TestResult {
     let data = noise(4 * CHUNK_BYTES, 2);
     let mut expect = data.clone();
     let ino = {
-        let fx = common::rocks(dir.path());
+        let fx = common::rocks(dir.path()).expect("fixture");
         let ino = put_file(&fx.vfs, ROOT_INO, "db", &data);
         let chunks_before = count(fx.backend.as_ref(), Cf::ChunkIndex);
         let fh = fx.vfs.open(ino, OpenFlags::default())?;
@@ -253,7 +269,7 @@ fn small_fsynced_writes_use_the_journal_and_survive_a_crash() -> TestResult {
         // Crash: no release, no shutdown; the store closes as a killed process's would.
         ino
     };
-    let fx = common::rocks(dir.path());
+    let fx = common::rocks(dir.path()).expect("fixture");
     assert_eq!(
         count(fx.backend.as_ref(), Cf::Journal),
         0,
@@ -277,13 +293,13 @@ fn committed_files_persist_across_reopen() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = noise(CHUNK_BYTES + 77, 3);
     {
-        let fx = common::rocks(dir.path());
+        let fx = common::rocks(dir.path()).expect("fixture");
         let d = fx.vfs.mkdir(ROOT_INO, b"dir", 0o750, ME)?;
         put_file(&fx.vfs, d.ino, "file", &data);
         fx.vfs.symlink(d.ino, b"link", b"file", ME)?;
         fx.vfs.shutdown()?;
     }
-    let fx = common::rocks(dir.path());
+    let fx = common::rocks(dir.path()).expect("fixture");
     let d = fx.vfs.lookup(ROOT_INO, b"dir")?;
     assert_eq!(d.perm, 0o750);
     let f = fx.vfs.lookup(d.ino, b"file")?;
@@ -297,7 +313,7 @@ fn committed_files_persist_across_reopen() -> TestResult {
 
 #[test]
 fn readdir_listing_is_stable_while_entries_are_removed() -> TestResult {
-    let fx = common::mem();
+    let fx = common::mem().expect("fixture");
     let v = &fx.vfs;
     for i in 0..2500 {
         put_file(v, ROOT_INO, &format!("f{i:05}"), b"");
@@ -328,11 +344,10 @@ fn readdir_listing_is_stable_while_entries_are_removed() -> TestResult {
 }
 
 #[test]
-fn large_sequential_write_reads_back() -> TestResult {
-    let fx = common::mem();
+fn large_sequential_write_reads_back() {
+    let fx = common::mem().expect("fixture");
     let data = noise(40 * CHUNK_BYTES + 12345, 4);
     let ino = put_file(&fx.vfs, ROOT_INO, "big", &data);
     assert_eq!(read_all(&fx.vfs, ino), data);
     assert_eq!(count(fx.backend.as_ref(), Cf::ChunkIndex), 41);
-    Ok(())
 }

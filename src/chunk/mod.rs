@@ -69,9 +69,7 @@ pub fn chunk_count(size: u64) -> u64 {
 #[must_use]
 pub fn chunk_len(size: u64, index: u64) -> usize {
     let start = index.saturating_mul(CHUNK_BYTES_U64);
-    #[expect(clippy::cast_possible_truncation, reason = "bounded by CHUNK_BYTES")]
-    let len = size.saturating_sub(start).min(CHUNK_BYTES_U64) as usize;
-    len
+    usize::try_from(size.saturating_sub(start).min(CHUNK_BYTES_U64)).unwrap_or(CHUNK_BYTES)
 }
 
 /// Splits `data` into chunk-sized pieces (the last shorter; none for empty data).
@@ -291,7 +289,7 @@ mod tests {
         fn split_concatenates_back(len in prop_oneof![
             Just(0usize), Just(1), Just(CHUNK_BYTES - 1), Just(CHUNK_BYTES), Just(CHUNK_BYTES + 1),
             Just(3 * CHUNK_BYTES + 17), 0usize..(2 * CHUNK_BYTES)]) {
-            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let data: Vec<u8> = (0..len).map(|i| (i % 253).to_le_bytes()[0]).collect();
             let parts: Vec<&[u8]> = split(&data).collect();
             prop_assert_eq!(parts.len() as u64, chunk_count(len as u64));
             for (i, p) in parts.iter().enumerate() {

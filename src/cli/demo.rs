@@ -120,12 +120,11 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
         .open()
         .with_context(|| format!("opening the store in {}", home.root().display()))?;
     let scratch = tempfile::TempDir::new()?;
-    let src = match &args.source {
-        Some(s) => s.clone(),
-        None => {
-            sample_tree(scratch.path())?;
-            scratch.path().to_path_buf()
-        }
+    let src = if let Some(s) = &args.source {
+        s.clone()
+    } else {
+        sample_tree(scratch.path())?;
+        scratch.path().to_path_buf()
     };
     let vfs = Vfs::new(
         store.tables,

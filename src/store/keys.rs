@@ -168,10 +168,10 @@ mod tests {
                                        n2 in proptest::collection::vec(any::<u8>(), 0..40)) {
             let k1 = dirent(FileId(a), &n1);
             let k2 = dirent(FileId(b), &n2);
-            if a != b {
-                prop_assert_eq!(k1 < k2, a < b);
-            } else {
+            if a == b {
                 prop_assert_eq!(k1 < k2, n1 < n2);
+            } else {
+                prop_assert_eq!(k1 < k2, a < b);
             }
             let (p, n) = parse_dirent(&k1).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(p, FileId(a));

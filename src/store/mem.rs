@@ -8,12 +8,15 @@ use parking_lot::RwLock;
 
 use super::{Backend, Batch, Cf, Durability, Op, Result, Visit};
 
+/// One column family: ordered keys to values.
+type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
 /// An in-memory [`Backend`].
 #[derive(Default)]
 pub struct MemBackend {
     /// One map per column family; a write batch takes the write lock once, so batches are
     /// atomic to readers.
-    cfs: RwLock<BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    cfs: RwLock<BTreeMap<Cf, Table>>,
 }
 
 impl MemBackend {

@@ -16,6 +16,15 @@ use super::{Attr, Creator, DirEntry, Error, Result, SetAttr, TimeSet, Vfs};
 
 const S_ISGID: u32 = 0o2000;
 
+/// What kind of node to make, and its content-free attributes.
+#[derive(Clone, Copy)]
+struct NodeSpec<'a> {
+    kind: Kind,
+    perm: u32,
+    rdev: u64,
+    target: &'a [u8],
+}
+
 /// How `rename` treats an existing target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RenameMode {
@@ -43,11 +52,10 @@ struct Changes(BTreeMap<FileId, FileRecord>);
 
 impl Changes {
     fn get<'a>(&'a mut self, vfs: &Vfs, id: FileId) -> Result<&'a mut FileRecord> {
-        if !self.0.contains_key(&id) {
-            let r = vfs.live_record(id)?;
-            self.0.insert(id, r);
+        match self.0.entry(id) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => Ok(e.insert(vfs.live_record(id)?)),
         }
-        self.0.get_mut(&id).ok_or(Error::NotFound)
     }
     fn write(self, tables: &Tables, batch: &mut Batch) {
         for (_, mut r) in self.0 {
@@ -86,12 +94,15 @@ impl Vfs {
         &self,
         parent: Ino,
         name: &[u8],
-        kind: Kind,
-        perm: u32,
+        node: &NodeSpec<'_>,
         who: Creator,
-        rdev: u64,
-        target: &[u8],
     ) -> Result<FileRecord> {
+        let NodeSpec {
+            kind,
+            perm,
+            rdev,
+            target,
+        } = *node;
         check_name(name)?;
         let _tree = self.tree.lock();
         let mut dir = self.dir_record(parent)?;
@@ -159,7 +170,17 @@ impl Vfs {
         if matches!(kind, Kind::Dir | Kind::Symlink) {
             return Err(Error::Invalid("mknod of a directory or symlink".into()));
         }
-        let r = self.make_node(parent, name, kind, perm, who, rdev, &[])?;
+        let r = self.make_node(
+            parent,
+            name,
+            &NodeSpec {
+                kind,
+                perm,
+                rdev,
+                target: &[],
+            },
+            who,
+        )?;
         Ok(self.attr_of(&r))
     }
 
@@ -168,7 +189,17 @@ impl Vfs {
     /// # Errors
     /// As [`Self::mknod`].
     pub fn mkdir(&self, parent: Ino, name: &[u8], perm: u32, who: Creator) -> Result<Attr> {
-        let r = self.make_node(parent, name, Kind::Dir, perm, who, 0, &[])?;
+        let r = self.make_node(
+            parent,
+            name,
+            &NodeSpec {
+                kind: Kind::Dir,
+                perm,
+                rdev: 0,
+                target: &[],
+            },
+            who,
+        )?;
         Ok(self.attr_of(&r))
     }
 
@@ -183,7 +214,17 @@ impl Vfs {
         if target.is_empty() {
             return Err(Error::NotFound);
         }
-        let r = self.make_node(parent, name, Kind::Symlink, 0o777, who, 0, target)?;
+        let r = self.make_node(
+            parent,
+            name,
+            &NodeSpec {
+                kind: Kind::Symlink,
+                perm: 0o777,
+                rdev: 0,
+                target,
+            },
+            who,
+        )?;
         Ok(self.attr_of(&r))
     }
 
@@ -199,7 +240,17 @@ impl Vfs {
         who: Creator,
         flags: OpenFlags,
     ) -> Result<(Attr, u64)> {
-        let r = self.make_node(parent, name, Kind::File, perm, who, 0, &[])?;
+        let r = self.make_node(
+            parent,
+            name,
+            &NodeSpec {
+                kind: Kind::File,
+                perm,
+                rdev: 0,
+                target: &[],
+            },
+            who,
+        )?;
         let fh = self.open(r.ino, flags)?;
         Ok((self.attr_of(&r), fh))
     }
@@ -362,7 +413,7 @@ impl Vfs {
                 Tables::delete_dirent(&mut batch, sp, name);
             }
             (RenameMode::Replace | RenameMode::NoReplace, None) => {
-                Tables::delete_dirent(&mut batch, sp, name)
+                Tables::delete_dirent(&mut batch, sp, name);
             }
         }
         let s = ch.get(self, src)?;

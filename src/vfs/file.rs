@@ -224,12 +224,9 @@ impl Vfs {
     /// # Errors
     /// The final commit failed.
     pub fn release(&self, fh: u64) -> Result<()> {
-        let (f, _) = match self.file_handle(fh) {
-            Ok(f) => f,
-            Err(_) => {
-                self.handles.lock().remove(&fh);
-                return Ok(());
-            }
+        let Ok((f, _)) = self.file_handle(fh) else {
+            self.handles.lock().remove(&fh);
+            return Ok(());
         };
         self.handles.lock().remove(&fh);
         self.unacquire(&f)
@@ -300,7 +297,7 @@ impl Vfs {
             }
             st.seal_slot(idx, &self.sealer);
         }
-        self.wait_sealed(st)?;
+        Self::wait_sealed(st)?;
         let sealed: Vec<u64> = st
             .slots
             .iter()
@@ -373,7 +370,7 @@ impl Vfs {
     }
 
     /// Waits for every chunk being sealed; a failed seal turns back into a buffer.
-    fn wait_sealed(&self, st: &mut FileState) -> Result<()> {
+    fn wait_sealed(st: &mut FileState) -> Result<()> {
         let mut first_err = None;
         let idxs: Vec<u64> = st
             .slots

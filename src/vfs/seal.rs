@@ -62,15 +62,16 @@ pub struct Sealer {
 fn work(chunks: &ChunkStore, seal: &Receiver<Job>, prefetch: &Receiver<Job>) {
     loop {
         // Seal jobs first: a writer may be blocked on them.
-        let job = match seal.try_recv() {
-            Ok(job) => job,
-            Err(_) => crossbeam_channel::select! {
+        let job = if let Ok(job) = seal.try_recv() {
+            job
+        } else {
+            crossbeam_channel::select! {
                 recv(seal) -> j => match j { Ok(j) => j, Err(_) => return },
                 recv(prefetch) -> j => match j {
                     Ok(j) => j,
                     Err(_) => match seal.recv() { Ok(j) => j, Err(_) => return },
                 },
-            },
+            }
         };
         run(chunks, job);
     }
@@ -112,6 +113,7 @@ impl Sealer {
     }
 
     /// Queues `data` for sealing; blocks while the queue is full.
+    #[must_use]
     pub fn seal(&self, data: Vec<u8>) -> Arc<SealJob> {
         let job = Arc::new(SealJob {
             data,

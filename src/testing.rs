@@ -1,0 +1,125 @@
+//! Fixtures for keibi's own tests and benchmarks: a vfs over the in-memory store or over a
+//! real store in a home directory, and deterministic data. Not a stable API.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::chunk::{ChunkStore, Cipher};
+use crate::home::{Home, InitOptions};
+use crate::id::Ino;
+use crate::store::Backend;
+use crate::store::mem::MemBackend;
+use crate::store::tables::Tables;
+use crate::vfs::{Creator, OpenFlags, Vfs};
+
+/// The owner tests create files as.
+pub const ME: Creator = Creator {
+    uid: 1000,
+    gid: 1000,
+};
+
+/// Error type of fixtures.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A vfs and what is under it.
+pub struct Fixture {
+    /// The filesystem core.
+    pub vfs: Vfs,
+    /// Its database.
+    pub backend: Arc<dyn Backend>,
+    /// Its chunk store.
+    pub chunks: Arc<ChunkStore>,
+}
+
+/// A vfs over a fresh in-memory store, encrypting with a fixed key.
+///
+/// # Errors
+/// Setup failures.
+pub fn mem() -> Result<Fixture, BoxError> {
+    let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
+    Tables::initialise(backend.as_ref(), 7, 1, ME.uid, ME.gid)?;
+    reopen_mem(&backend)
+}
+
+/// A new vfs over an existing in-memory store (a remount).
+///
+/// # Errors
+/// Setup failures.
+pub fn reopen_mem(backend: &Arc<dyn Backend>) -> Result<Fixture, BoxError> {
+    let tables = Tables::open(Arc::clone(backend), Path::new("memory"))?;
+    let chunks = Arc::new(ChunkStore::new(
+        Arc::clone(backend),
+        Some(Cipher::new(&[9u8; 32])?),
+    ));
+    let vfs = Vfs::new(tables, Arc::clone(&chunks), Path::new("/"))?;
+    Ok(Fixture {
+        vfs,
+        backend: Arc::clone(backend),
+        chunks,
+    })
+}
+
+/// A vfs over the store in `home`, created (encrypted) if absent.
+///
+/// # Errors
+/// Setup failures.
+pub fn rocks(home: &Path) -> Result<Fixture, BoxError> {
+    let h = Home::new(home);
+    if !h.store_dir().exists() {
+        h.init(InitOptions { encrypt: true })?;
+    }
+    let store = h.open()?;
+    let vfs = Vfs::new(store.tables, Arc::clone(&store.chunks), home)?;
+    Ok(Fixture {
+        vfs,
+        backend: store.backend,
+        chunks: store.chunks,
+    })
+}
+
+/// Writes `data` as a new file `name` in `parent` in 1 MiB writes, closes it.
+///
+/// # Errors
+/// vfs errors.
+pub fn put_file(vfs: &Vfs, parent: Ino, name: &str, data: &[u8]) -> Result<Ino, BoxError> {
+    let (attr, fh) = vfs.create(parent, name.as_bytes(), 0o644, ME, OpenFlags::default())?;
+    let mut off = 0;
+    for piece in data.chunks(1 << 20) {
+        vfs.write(fh, off, piece)?;
+        off += piece.len() as u64;
+    }
+    vfs.release(fh)?;
+    Ok(attr.ino)
+}
+
+/// Reads all of file `ino` through a fresh handle, 128 KiB at a time.
+///
+/// # Errors
+/// vfs errors.
+pub fn read_all(vfs: &Vfs, ino: Ino) -> Result<Vec<u8>, BoxError> {
+    let fh = vfs.open(ino, OpenFlags::default())?;
+    let mut out = Vec::new();
+    loop {
+        let piece = vfs.read(fh, out.len() as u64, 128 * 1024)?;
+        if piece.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&piece);
+    }
+    vfs.release(fh)?;
+    Ok(out)
+}
+
+/// Deterministic incompressible bytes (xorshift).
+#[must_use]
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[4]
+        })
+        .collect()
+}
