@@ -31,7 +31,9 @@ fn hashing(c: &mut Criterion) {
     let data = noise(CHUNK_BYTES, 1);
     let mut g = c.benchmark_group("hash");
     g.throughput(Throughput::Bytes(CHUNK_BYTES as u64));
-    g.bench_function("blake3 512KiB", |b| b.iter(|| ChunkId::of(black_box(&data))));
+    g.bench_function("blake3 512KiB", |b| {
+        b.iter(|| ChunkId::of(black_box(&data)))
+    });
     g.finish();
 }
 
@@ -39,7 +41,10 @@ fn frames(c: &mut Criterion) {
     let cipher = Cipher::new(&[5u8; 32]).expect("cipher");
     let mut g = c.benchmark_group("frame");
     g.throughput(Throughput::Bytes(CHUNK_BYTES as u64));
-    for (kind, data) in [("text", compressible(CHUNK_BYTES)), ("random", noise(CHUNK_BYTES, 2))] {
+    for (kind, data) in [
+        ("text", compressible(CHUNK_BYTES)),
+        ("random", noise(CHUNK_BYTES, 2)),
+    ] {
         let id = ChunkId::of(&data);
         let raw = zstd::bulk::compress(&data, 1).expect("zstd");
         g.bench_function(format!("zstd-1 decode raw {kind}"), |b| {
@@ -48,9 +53,13 @@ fn frames(c: &mut Criterion) {
         for enc in [false, true] {
             let c = enc.then_some(&cipher);
             let label = if enc { "aes" } else { "plain" };
-            g.bench_function(format!("encode {kind} {label}"), |b| b.iter(|| frame::encode(&id, black_box(&data), c).expect("encode")));
+            g.bench_function(format!("encode {kind} {label}"), |b| {
+                b.iter(|| frame::encode(&id, black_box(&data), c).expect("encode"))
+            });
             let f = frame::encode(&id, &data, c).expect("encode");
-            g.bench_function(format!("decode+hash {kind} {label}"), |b| b.iter(|| frame::decode(&id, black_box(&f), c).expect("decode")));
+            g.bench_function(format!("decode+hash {kind} {label}"), |b| {
+                b.iter(|| frame::decode(&id, black_box(&f), c).expect("decode"))
+            });
         }
     }
     g.finish();
@@ -98,7 +107,10 @@ fn verify_scan(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("tempdir");
     let backend: Arc<dyn Backend> = Arc::new(RocksBackend::open(dir.path(), true).expect("open"));
     let cipher = Cipher::new(&[5u8; 32]).expect("cipher");
-    let store = ChunkStore::new(Arc::clone(&backend), Some(Cipher::new(&[5u8; 32]).expect("cipher")));
+    let store = ChunkStore::new(
+        Arc::clone(&backend),
+        Some(Cipher::new(&[5u8; 32]).expect("cipher")),
+    );
     let chunks = 512u64;
     let text = compressible(CHUNK_BYTES);
     for i in 0..chunks {
@@ -112,7 +124,14 @@ fn verify_scan(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(chunks * CHUNK_BYTES as u64));
     g.bench_function("scan 256MiB text aes", |b| {
         b.iter(|| {
-            let r = keibi::verify::run(backend.as_ref(), Some(&cipher), keibi::verify::Options { sample_percent: 100, progress: false });
+            let r = keibi::verify::run(
+                backend.as_ref(),
+                Some(&cipher),
+                keibi::verify::Options {
+                    sample_percent: 100,
+                    progress: false,
+                },
+            );
             assert_eq!(r.findings_total, 0);
         });
     });

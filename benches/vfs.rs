@@ -23,7 +23,9 @@ fn sequential(c: &mut Criterion) {
     let pass = AtomicU64::new(0);
     let write_file = |name: &str| {
         let p = pass.fetch_add(1, Ordering::Relaxed);
-        let (attr, fh) = v.create(ROOT_INO, name.as_bytes(), 0o644, ME, OpenFlags::default()).expect("create");
+        let (attr, fh) = v
+            .create(ROOT_INO, name.as_bytes(), 0o644, ME, OpenFlags::default())
+            .expect("create");
         let mut buf = vec![0u8; WRITE_BYTES];
         for i in 0..GIB / WRITE_BYTES {
             let off = (i * WRITE_BYTES) % pool.len();

@@ -43,11 +43,17 @@ impl Cipher {
         Ok(key)
     }
 
-    /// Encrypts `payload` in place and returns the random nonce; the tag is appended.
+    /// Encrypts `buf[from..]` in place under a fresh random nonce, appends the tag to `buf`,
+    /// and returns the nonce.
     ///
     /// # Errors
     /// The system's random source failed.
-    pub fn seal(&self, aad: &[u8], payload: &mut Vec<u8>) -> Result<[u8; NONCE_BYTES], Error> {
+    pub fn seal_tail(
+        &self,
+        aad: &[u8],
+        buf: &mut Vec<u8>,
+        from: usize,
+    ) -> Result<[u8; NONCE_BYTES], Error> {
         let mut nonce = [0u8; NONCE_BYTES];
         rand::fill(&mut nonce).map_err(|_| Error::Key("random source failed".into()))?;
         let tag = self
@@ -55,10 +61,10 @@ impl Cipher {
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(aad),
-                payload,
+                &mut buf[from..],
             )
             .map_err(|_| Error::Key("encryption failed".into()))?;
-        payload.extend_from_slice(tag.as_ref());
+        buf.extend_from_slice(tag.as_ref());
         Ok(nonce)
     }
 
@@ -137,7 +143,7 @@ mod tests {
     fn seal_open_round_trip_and_tamper_detection() -> Result<(), Error> {
         let cipher = Cipher::new(&Cipher::generate_key()?)?;
         let mut data = b"hello chunk".to_vec();
-        let nonce = cipher.seal(b"aad", &mut data)?;
+        let nonce = cipher.seal_tail(b"aad", &mut data, 0)?;
         assert_eq!(data.len(), 11 + TAG_BYTES);
         let mut copy = data.clone();
         assert_eq!(

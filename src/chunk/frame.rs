@@ -18,7 +18,7 @@ use crate::id::ChunkId;
 use crate::limits::{CHUNK_BYTES, ZSTD_LEVEL, ZSTD_MIN_SAVING_DIVISOR};
 
 use super::Error;
-use super::crypt::{Cipher, NONCE_BYTES};
+use super::crypt::{Cipher, NONCE_BYTES, TAG_BYTES};
 
 /// Frame format version written by this build.
 pub const FRAME_VERSION: u8 = 1;
@@ -104,13 +104,12 @@ pub fn encode(id: &ChunkId, data: &[u8], cipher: Option<&Cipher>) -> Result<Vec<
         )));
     }
     let compressed = compress(data)?;
-    let (codec, mut payload) = if compressed.len() + data.len() / ZSTD_MIN_SAVING_DIVISOR
-        <= data.len()
-        && !data.is_empty()
-    {
-        (Codec::Zstd, compressed)
+    let use_zstd =
+        !data.is_empty() && compressed.len() + data.len() / ZSTD_MIN_SAVING_DIVISOR <= data.len();
+    let (codec, payload) = if use_zstd {
+        (Codec::Zstd, &compressed[..])
     } else {
-        (Codec::Raw, data.to_vec())
+        (Codec::Raw, data)
     };
     let kind = if cipher.is_some() {
         CipherKind::Aes256Gcm
@@ -120,13 +119,17 @@ pub fn encode(id: &ChunkId, data: &[u8], cipher: Option<&Cipher>) -> Result<Vec<
     let plain_len = u32::try_from(data.len()).map_err(|_| Error::Codec("length".into()))?;
     let mut header = [FRAME_VERSION, codec as u8, kind as u8, 0, 0, 0, 0, 0];
     header[4..8].copy_from_slice(&plain_len.to_le_bytes());
-    let mut frame = Vec::with_capacity(HEADER_BYTES + NONCE_BYTES + payload.len() + 16);
+    // One allocation: header, nonce, payload, tag; the payload is sealed in place.
+    let mut frame = Vec::with_capacity(HEADER_BYTES + NONCE_BYTES + payload.len() + TAG_BYTES);
     frame.extend_from_slice(&header);
     if let Some(cipher) = cipher {
-        let nonce = cipher.seal(&aad(id, &header), &mut payload)?;
-        frame.extend_from_slice(&nonce);
+        frame.extend_from_slice(&[0u8; NONCE_BYTES]);
+        frame.extend_from_slice(payload);
+        let nonce = cipher.seal_tail(&aad(id, &header), &mut frame, HEADER_BYTES + NONCE_BYTES)?;
+        frame[HEADER_BYTES..HEADER_BYTES + NONCE_BYTES].copy_from_slice(&nonce);
+    } else {
+        frame.extend_from_slice(payload);
     }
-    frame.extend_from_slice(&payload);
     Ok(frame)
 }
 
@@ -169,25 +172,26 @@ pub fn decode(id: &ChunkId, frame: &[u8], cipher: Option<&Cipher>) -> Result<Vec
     }
     let kind = CipherKind::from_code(header[2])
         .ok_or_else(|| corrupt(format!("unknown cipher {}", header[2])))?;
-    let mut rest = frame[HEADER_BYTES..].to_vec();
+    let body = &frame[HEADER_BYTES..];
     let payload: Vec<u8> = match kind {
-        CipherKind::None => rest,
+        CipherKind::None => body.to_vec(),
         CipherKind::Aes256Gcm => {
             let cipher = cipher.ok_or_else(|| {
                 Error::Key(format!(
                     "chunk {id} is encrypted but the store has no data key"
                 ))
             })?;
-            if rest.len() < NONCE_BYTES + 16 {
-                return Err(corrupt("encrypted frame too short".into()));
-            }
-            let mut nonce = [0u8; NONCE_BYTES];
-            nonce.copy_from_slice(&rest[..NONCE_BYTES]);
-            let body = &mut rest[NONCE_BYTES..];
+            let (nonce, sealed) = body
+                .split_first_chunk::<NONCE_BYTES>()
+                .filter(|(_, rest)| rest.len() >= TAG_BYTES)
+                .ok_or_else(|| corrupt("encrypted frame too short".into()))?;
+            let mut sealed = sealed.to_vec();
             let plain = cipher
-                .open(nonce, &aad(id, &header), body)
-                .ok_or_else(|| corrupt("authentication failed (tampered or damaged)".into()))?;
-            plain.to_vec()
+                .open(*nonce, &aad(id, &header), &mut sealed)
+                .ok_or_else(|| corrupt("authentication failed (tampered or damaged)".into()))?
+                .len();
+            sealed.truncate(plain);
+            sealed
         }
     };
     let data = match header[1] {
