@@ -12,6 +12,9 @@ use keibi::store::rocks::RocksBackend;
 use keibi::store::{Backend, Cf};
 use keibi::testing::noise;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Text-like data that zstd compresses about 4:1.
 fn compressible(len: usize) -> Vec<u8> {
     let words = noise(4096, 77);

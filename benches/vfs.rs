@@ -10,6 +10,9 @@ use keibi::limits::CHUNK_BYTES;
 use keibi::testing::{self, ME, noise};
 use keibi::vfs::OpenFlags;
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const GIB: usize = 1 << 30;
 const WRITE_BYTES: usize = 1 << 20;
 const READ_BYTES: u32 = 128 * 1024;

@@ -26,6 +26,9 @@ pub const ZSTD_LEVEL: i32 = 1;
 /// A compressed payload is kept only when it saves at least 1/8 of the plaintext.
 pub const ZSTD_MIN_SAVING_DIVISOR: usize = 8;
 
+/// Bytes of a chunk compressed first to decide whether compressing the rest pays.
+pub const ZSTD_SAMPLE_BYTES: usize = 16 * 1024;
+
 /// Dirty chunk buffers one open file may hold in memory before the oldest are sealed.
 pub const STAGED_BUFFERS_PER_FILE_MAX: usize = 16;
 /// Seal jobs queued for the seal pool; a writer blocks when the queue is full.

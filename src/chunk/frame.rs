@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 
 use crate::id::ChunkId;
-use crate::limits::{CHUNK_BYTES, ZSTD_LEVEL, ZSTD_MIN_SAVING_DIVISOR};
+use crate::limits::{CHUNK_BYTES, ZSTD_LEVEL, ZSTD_MIN_SAVING_DIVISOR, ZSTD_SAMPLE_BYTES};
 
 use super::Error;
 use super::crypt::{Cipher, NONCE_BYTES, TAG_BYTES};
@@ -74,6 +74,16 @@ fn compress(data: &[u8]) -> Result<Vec<u8>, Error> {
     })
 }
 
+/// True when a sample of `data` does not compress: then the whole is not tried (zstd on
+/// random data costs about as much as hashing it).
+fn looks_incompressible(data: &[u8]) -> Result<bool, Error> {
+    if data.len() < 4 * ZSTD_SAMPLE_BYTES {
+        return Ok(false);
+    }
+    let sample = compress(&data[..ZSTD_SAMPLE_BYTES])?;
+    Ok(sample.len() + ZSTD_SAMPLE_BYTES / ZSTD_MIN_SAVING_DIVISOR / 2 > ZSTD_SAMPLE_BYTES)
+}
+
 fn decompress(data: &[u8], plain_len: usize) -> Result<Vec<u8>, String> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -103,9 +113,14 @@ pub fn encode(id: &ChunkId, data: &[u8], cipher: Option<&Cipher>) -> Result<Vec<
             data.len()
         )));
     }
-    let compressed = compress(data)?;
-    let use_zstd =
-        !data.is_empty() && compressed.len() + data.len() / ZSTD_MIN_SAVING_DIVISOR <= data.len();
+    let compressed = if looks_incompressible(data)? {
+        Vec::new()
+    } else {
+        compress(data)?
+    };
+    let use_zstd = !compressed.is_empty()
+        && !data.is_empty()
+        && compressed.len() + data.len() / ZSTD_MIN_SAVING_DIVISOR <= data.len();
     let (codec, payload) = if use_zstd {
         (Codec::Zstd, &compressed[..])
     } else {

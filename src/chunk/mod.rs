@@ -159,6 +159,23 @@ impl ChunkStore {
     /// # Errors
     /// Store errors.
     pub fn put_with_id(&self, id: ChunkId, data: &[u8]) -> Result<(), Error> {
+        self.store_frame(id, data)?;
+        self.cache.lock().put(id, Arc::new(data.to_vec()));
+        Ok(())
+    }
+
+    /// Stores a chunk the caller shares: the same buffer goes into the read cache, uncopied.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn put_shared(&self, data: Arc<Vec<u8>>) -> Result<ChunkId, Error> {
+        let id = ChunkId::of(&data);
+        self.store_frame(id, &data)?;
+        self.cache.lock().put(id, data);
+        Ok(id)
+    }
+
+    fn store_frame(&self, id: ChunkId, data: &[u8]) -> Result<(), Error> {
         self.protect(id);
         if !self.contains(&id)? {
             let frame = frame::encode(&id, data, self.cipher.as_ref())?;
@@ -175,7 +192,6 @@ impl ChunkStore {
             );
             self.backend.write(batch, Durability::Buffered)?;
         }
-        self.cache.lock().put(id, Arc::new(data.to_vec()));
         Ok(())
     }
 

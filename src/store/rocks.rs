@@ -22,6 +22,10 @@ const BLOB_MIN_BYTES: u64 = 4096;
 const BLOB_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Memtable size of the chunk column family.
 const CHUNK_MEMTABLE_BYTES: usize = 128 * 1024 * 1024;
+/// Memtables of the chunk column family (one filling while others flush).
+const CHUNK_MEMTABLES: i32 = 4;
+/// Background writers hand dirty pages to the kernel every this many bytes.
+const BYTES_PER_SYNC: u64 = 1024 * 1024;
 /// Memtable size of the metadata column families.
 const META_MEMTABLE_BYTES: usize = 32 * 1024 * 1024;
 /// Block cache shared by metadata column families.
@@ -48,12 +52,14 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
             // Payloads are already zstd-compressed (or incompressible): no second pass.
             opts.set_compression_type(DBCompressionType::None);
             opts.set_write_buffer_size(CHUNK_MEMTABLE_BYTES);
+            opts.set_max_write_buffer_number(CHUNK_MEMTABLES);
             opts.set_enable_blob_files(true);
             opts.set_min_blob_size(BLOB_MIN_BYTES);
             opts.set_blob_file_size(BLOB_FILE_BYTES);
             opts.set_blob_compression_type(DBCompressionType::None);
-            opts.set_enable_blob_gc(true);
-            opts.set_blob_gc_age_cutoff(0.25);
+            // Blob garbage collection rewrites live chunks; it runs only when `keibi gc`
+            // compacts after deleting (see `compact`), never behind a writer.
+            opts.set_enable_blob_gc(false);
         }
         Cf::Meta
         | Cf::ChunkIndex
@@ -108,6 +114,11 @@ impl RocksBackend {
         db_opts.increase_parallelism(BACKGROUND_JOBS);
         db_opts.set_max_background_jobs(BACKGROUND_JOBS);
         db_opts.set_enable_pipelined_write(true);
+        // Flushes write blob files of chunk frames: bypassing the page cache saves a copy of
+        // every stored byte.
+        db_opts.set_use_direct_io_for_flush_and_compaction(true);
+        db_opts.set_bytes_per_sync(BYTES_PER_SYNC);
+        db_opts.set_wal_bytes_per_sync(BYTES_PER_SYNC);
         let cache =
             rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(|e| map_err(path, &e))?;
         let descriptors = Cf::ALL
@@ -186,18 +197,24 @@ impl Backend for RocksBackend {
         opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         let h = self.handle(cf)?;
         self.db.flush_cf(h).map_err(|e| self.err(&e))?;
-        // Relocate live blobs out of every blob file, not only the oldest quarter, so that
-        // files holding deleted chunks are removed.
+        // Relocate live blobs out of every blob file, so that files holding deleted chunks
+        // are removed.
         if cf == Cf::Chunks {
             self.db
-                .set_options_cf(h, &[("blob_garbage_collection_age_cutoff", "1.0")])
+                .set_options_cf(
+                    h,
+                    &[
+                        ("enable_blob_garbage_collection", "true"),
+                        ("blob_garbage_collection_age_cutoff", "1.0"),
+                    ],
+                )
                 .map_err(|e| self.err(&e))?;
         }
         self.db
             .compact_range_cf_opt(h, None::<&[u8]>, None::<&[u8]>, &opts);
         if cf == Cf::Chunks {
             self.db
-                .set_options_cf(h, &[("blob_garbage_collection_age_cutoff", "0.25")])
+                .set_options_cf(h, &[("enable_blob_garbage_collection", "false")])
                 .map_err(|e| self.err(&e))?;
         }
         Ok(())

@@ -392,7 +392,7 @@ impl Vfs {
                     st.slots.insert(
                         idx,
                         Slot::Buffer(Buf {
-                            data: job.data.clone(),
+                            data: job.data.to_vec(),
                             dirty,
                             journal_ok: false,
                         }),

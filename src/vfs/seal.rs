@@ -18,8 +18,8 @@ use crate::limits::{PREFETCH_QUEUE_JOBS_MAX, SEAL_QUEUE_JOBS_MAX};
 
 /// One buffer being sealed. Readers use `data` until the result is in.
 pub struct SealJob {
-    /// The chunk's plaintext.
-    pub data: Vec<u8>,
+    /// The chunk's plaintext, shared with the read cache once stored.
+    pub data: Arc<Vec<u8>>,
     result: Mutex<Option<Result<ChunkId, Arc<chunk::Error>>>>,
     done: Condvar,
 }
@@ -79,7 +79,7 @@ fn work(chunks: &ChunkStore, seal: &Receiver<Job>, prefetch: &Receiver<Job>) {
 
 fn run(chunks: &ChunkStore, job: Job) {
     match job {
-        Job::Seal(job) => job.finish(chunks.put(&job.data)),
+        Job::Seal(job) => job.finish(chunks.put_shared(Arc::clone(&job.data))),
         Job::Prefetch(id) => {
             // A failed prefetch is not an error: the reader will read the chunk itself and
             // get the error then.
@@ -116,7 +116,7 @@ impl Sealer {
     #[must_use]
     pub fn seal(&self, data: Vec<u8>) -> Arc<SealJob> {
         let job = Arc::new(SealJob {
-            data,
+            data: Arc::new(data),
             result: Mutex::new(None),
             done: Condvar::new(),
         });

@@ -151,7 +151,7 @@ impl FileState {
         let fresh = match self.slots.get(&idx) {
             Some(Slot::Buffer(_)) => None,
             Some(Slot::Sealing(job)) => Some(Buf {
-                data: job.data.clone(),
+                data: job.data.to_vec(),
                 dirty: Ranges::default(),
                 journal_ok: false,
             }),
