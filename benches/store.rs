@@ -1,5 +1,9 @@
 //! Storage benchmarks: hashing, frames, RocksDB puts and gets of 512 KiB values, verify.
 //! Raw BLAKE3 and zstd figures are measured beside keibi's own for comparison.
+#![expect(
+    clippy::expect_used,
+    reason = "a benchmark whose setup fails has nothing to measure"
+)]
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -35,7 +39,7 @@ fn hashing(c: &mut Criterion) {
     let mut g = c.benchmark_group("hash");
     g.throughput(Throughput::Bytes(CHUNK_BYTES as u64));
     g.bench_function("blake3 512KiB", |b| {
-        b.iter(|| ChunkId::of(black_box(&data)))
+        b.iter(|| ChunkId::of(black_box(&data)));
     });
     g.finish();
 }
@@ -57,11 +61,11 @@ fn frames(c: &mut Criterion) {
             let c = enc.then_some(&cipher);
             let label = if enc { "aes" } else { "plain" };
             g.bench_function(format!("encode {kind} {label}"), |b| {
-                b.iter(|| frame::encode(&id, black_box(&data), c).expect("encode"))
+                b.iter(|| frame::encode(&id, black_box(&data), c).expect("encode"));
             });
             let f = frame::encode(&id, &data, c).expect("encode");
             g.bench_function(format!("decode+hash {kind} {label}"), |b| {
-                b.iter(|| frame::decode(&id, black_box(&f), c).expect("decode"))
+                b.iter(|| frame::decode(&id, black_box(&f), c).expect("decode"));
             });
         }
     }

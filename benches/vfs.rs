@@ -1,6 +1,10 @@
 //! Filesystem core benchmarks over a real encrypted store: sequential write and read of
 //! 1 GiB in 1 MiB writes and 128 KiB reads (the sizes FUSE uses), and 4 KiB random writes
 //! with an fsync every 64.
+#![expect(
+    clippy::expect_used,
+    reason = "a benchmark whose setup fails has nothing to measure"
+)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
