@@ -177,29 +177,37 @@ fn check_chunks(
     let checked = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let mut stored = HashSet::new();
-    let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    // The scanning thread decodes too whenever the queue is full, so one worker fewer than
+    // cores keeps every core busy.
+    let workers = std::thread::available_parallelism()
+        .map_or(2, std::num::NonZero::get)
+        .max(2)
+        - 1;
+    let check = |batch: Vec<(ChunkId, Vec<u8>)>| {
+        for (id, frame_bytes) in batch {
+            match frame::decode(&id, &frame_bytes, cipher) {
+                Ok(data) => {
+                    bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => c.add(
+                    "corrupt-chunk",
+                    id.to_string(),
+                    e.to_string(),
+                    ADVICE_RESTORE,
+                ),
+            }
+            checked.fetch_add(1, Ordering::Relaxed);
+        }
+    };
     std::thread::scope(|s| {
         let (tx, rx) =
             crossbeam_channel::bounded::<Vec<(ChunkId, Vec<u8>)>>(VERIFY_QUEUE_BATCHES_MAX);
         for _ in 0..workers {
             let rx = rx.clone();
-            let (checked, bytes) = (&checked, &bytes);
+            let check = &check;
             s.spawn(move || {
                 for batch in rx {
-                    for (id, frame_bytes) in batch {
-                        match frame::decode(&id, &frame_bytes, cipher) {
-                            Ok(data) => {
-                                bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            }
-                            Err(e) => c.add(
-                                "corrupt-chunk",
-                                id.to_string(),
-                                e.to_string(),
-                                ADVICE_RESTORE,
-                            ),
-                        }
-                        checked.fetch_add(1, Ordering::Relaxed);
-                    }
+                    check(batch);
                 }
             });
         }
@@ -219,10 +227,14 @@ fn check_chunks(
             bar.inc(1);
             if sampled(k, opts.sample_percent) {
                 batch.push((id, v.to_vec()));
-                if batch.len() >= VERIFY_BATCH_CHUNKS
-                    && tx.send(std::mem::take(&mut batch)).is_err()
-                {
-                    return ControlFlow::Break(());
+                if batch.len() >= VERIFY_BATCH_CHUNKS {
+                    match tx.try_send(std::mem::take(&mut batch)) {
+                        Ok(()) => {}
+                        Err(
+                            crossbeam_channel::TrySendError::Full(b)
+                            | crossbeam_channel::TrySendError::Disconnected(b),
+                        ) => check(b),
+                    }
                 }
             }
             ControlFlow::Continue(())

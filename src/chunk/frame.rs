@@ -188,8 +188,8 @@ pub fn decode(id: &ChunkId, frame: &[u8], cipher: Option<&Cipher>) -> Result<Vec
     let kind = CipherKind::from_code(header[2])
         .ok_or_else(|| corrupt(format!("unknown cipher {}", header[2])))?;
     let body = &frame[HEADER_BYTES..];
-    let payload: Vec<u8> = match kind {
-        CipherKind::None => body.to_vec(),
+    let payload: std::borrow::Cow<'_, [u8]> = match kind {
+        CipherKind::None => std::borrow::Cow::Borrowed(body),
         CipherKind::Aes256Gcm => {
             let cipher = cipher.ok_or_else(|| {
                 Error::Key(format!(
@@ -206,11 +206,11 @@ pub fn decode(id: &ChunkId, frame: &[u8], cipher: Option<&Cipher>) -> Result<Vec
                 .ok_or_else(|| corrupt("authentication failed (tampered or damaged)".into()))?
                 .len();
             sealed.truncate(plain);
-            sealed
+            std::borrow::Cow::Owned(sealed)
         }
     };
     let data = match header[1] {
-        0 => payload,
+        0 => payload.into_owned(),
         1 => decompress(&payload, plain_len).map_err(|e| corrupt(format!("zstd: {e}")))?,
         other => return Err(corrupt(format!("unknown codec {other}"))),
     };
