@@ -33,6 +33,9 @@ pub const ZSTD_SAMPLE_BYTES: usize = 16 * 1024;
 pub const STAGED_BUFFERS_PER_FILE_MAX: usize = 16;
 /// Seal jobs queued for the seal pool; a writer blocks when the queue is full.
 pub const SEAL_QUEUE_JOBS_MAX: usize = 8;
+/// Seal workers per core (two per core measured slower: they contend with RocksDB's
+/// flush thread).
+pub const SEAL_WORKERS_PER_CORE: usize = 1;
 /// Prefetch jobs queued for the seal pool; prefetches past this are dropped, not queued.
 pub const PREFETCH_QUEUE_JOBS_MAX: usize = 4;
 /// Chunks read ahead of a sequential reader.

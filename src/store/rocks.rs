@@ -125,7 +125,6 @@ impl RocksBackend {
         // every stored byte.
         db_opts.set_use_direct_io_for_flush_and_compaction(true);
         db_opts.set_bytes_per_sync(BYTES_PER_SYNC);
-        db_opts.set_wal_bytes_per_sync(BYTES_PER_SYNC);
         let cache =
             rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(|e| map_err(path, &e))?;
         let descriptors = Cf::ALL

@@ -14,7 +14,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::chunk::{self, ChunkStore};
 use crate::id::ChunkId;
-use crate::limits::{PREFETCH_QUEUE_JOBS_MAX, SEAL_QUEUE_JOBS_MAX};
+use crate::limits::{PREFETCH_QUEUE_JOBS_MAX, SEAL_QUEUE_JOBS_MAX, SEAL_WORKERS_PER_CORE};
 
 /// One buffer being sealed. Readers use `data` until the result is in.
 pub struct SealJob {
@@ -94,7 +94,8 @@ impl Sealer {
     pub fn start(chunks: Arc<ChunkStore>) -> Self {
         let (seal_tx, seal_rx) = bounded(SEAL_QUEUE_JOBS_MAX);
         let (prefetch_tx, prefetch_rx) = bounded(PREFETCH_QUEUE_JOBS_MAX);
-        let n = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        let n = std::thread::available_parallelism().map_or(2, std::num::NonZero::get)
+            * SEAL_WORKERS_PER_CORE;
         let workers = (0..n)
             .filter_map(|i| {
                 let (c, s, p) = (Arc::clone(&chunks), seal_rx.clone(), prefetch_rx.clone());
