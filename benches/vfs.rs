@@ -6,13 +6,11 @@
     reason = "a benchmark whose setup fails has nothing to measure"
 )]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use keibi::id::ROOT_INO;
 use keibi::limits::CHUNK_BYTES;
 use keibi::testing::{self, ME, noise};
-use keibi::vfs::OpenFlags;
+use keibi::vfs::{OpenFlags, Vfs};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -21,43 +19,59 @@ const GIB: usize = 1 << 30;
 const WRITE_BYTES: usize = 1 << 20;
 const READ_BYTES: u32 = 128 * 1024;
 
-fn sequential(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let fx = testing::rocks(dir.path()).expect("fixture");
-    let v = &fx.vfs;
-    // 64 MiB of noise; each 512 KiB piece gets a unique prefix per pass so nothing dedups.
-    let pool = noise(64 << 20, 1);
-    let pass = AtomicU64::new(0);
-    let write_file = |name: &str| {
-        let p = pass.fetch_add(1, Ordering::Relaxed);
-        let (attr, fh) = v
-            .create(ROOT_INO, name.as_bytes(), 0o644, ME, OpenFlags::default())
-            .expect("create");
-        let mut buf = vec![0u8; WRITE_BYTES];
-        for i in 0..GIB / WRITE_BYTES {
-            let off = (i * WRITE_BYTES) % pool.len();
-            buf.copy_from_slice(&pool[off..off + WRITE_BYTES]);
-            for (k, piece) in buf.chunks_mut(CHUNK_BYTES).enumerate() {
-                piece[..8].copy_from_slice(&(p << 32 | (i * 2 + k) as u64).to_le_bytes());
-            }
-            v.write(fh, (i * WRITE_BYTES) as u64, &buf).expect("write");
+/// Writes 1 GiB as `name` in 1 MiB writes and closes it; each 512 KiB piece of `pool` is
+/// stamped with `pass` so that nothing dedups against an earlier pass.
+fn write_gib(v: &Vfs, name: &str, pool: &[u8], pass: u64) -> u64 {
+    let (attr, fh) = v
+        .create(ROOT_INO, name.as_bytes(), 0o644, ME, OpenFlags::default())
+        .expect("create");
+    let mut buf = vec![0u8; WRITE_BYTES];
+    for i in 0..GIB / WRITE_BYTES {
+        let off = (i * WRITE_BYTES) % pool.len();
+        buf.copy_from_slice(&pool[off..off + WRITE_BYTES]);
+        for (k, piece) in buf.chunks_mut(CHUNK_BYTES).enumerate() {
+            piece[..8].copy_from_slice(&(pass << 32 | (i * 2 + k) as u64).to_le_bytes());
         }
-        v.release(fh).expect("release");
-        attr.ino
-    };
+        v.write(fh, (i * WRITE_BYTES) as u64, &buf).expect("write");
+    }
+    v.release(fh).expect("release");
+    attr.ino
+}
+
+fn sequential(c: &mut Criterion) {
+    let pool = noise(64 << 20, 1);
     let mut g = c.benchmark_group("vfs");
     g.sample_size(10);
     g.throughput(Throughput::Bytes(GIB as u64));
-    let mut n = 0;
-    g.bench_function("sequential write 1GiB", |b| {
+    // Each pass writes into a new store (made and removed outside the timing), as a user
+    // writing a 1 GiB file to a fresh mount would.
+    let mut pass = 0;
+    g.bench_function("sequential write 1GiB (new store)", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let fx = testing::rocks(dir.path()).expect("fixture");
+                (dir, fx)
+            },
+            |(dir, fx)| {
+                pass += 1;
+                write_gib(&fx.vfs, "big", &pool, pass);
+                (dir, fx)
+            },
+            BatchSize::PerIteration,
+        );
+    });
+    // The same in one store that keeps every pass's file: the store grows by 1 GiB a pass.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = testing::rocks(dir.path()).expect("fixture");
+    g.bench_function("sequential write 1GiB (growing store)", |b| {
         b.iter(|| {
-            n += 1;
-            let name = format!("w{n}");
-            write_file(&name);
-            v.unlink(ROOT_INO, name.as_bytes()).expect("unlink");
+            pass += 1;
+            write_gib(&fx.vfs, &format!("w{pass}"), &pool, pass);
         });
     });
-    let ino = write_file("read");
+    let ino = write_gib(&fx.vfs, "read", &pool, 0);
+    let v = &fx.vfs;
     g.bench_function("sequential read 1GiB", |b| {
         b.iter(|| {
             let fh = v.open(ino, OpenFlags::default()).expect("open");

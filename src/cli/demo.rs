@@ -65,16 +65,37 @@ fn import(vfs: &Vfs, src: &Path, parent: Ino, who: Creator) -> anyhow::Result<u6
             count += 1;
         } else if meta.is_file() {
             let (_, fh) = vfs.create(parent, name, perm, who, OpenFlags::default())?;
-            let data =
-                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            for (i, piece) in data.chunks(WRITE_PIECE_BYTES).enumerate() {
-                vfs.write(fh, (i * WRITE_PIECE_BYTES) as u64, piece)?;
+            let mut file = std::fs::File::open(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let mut piece = vec![0u8; WRITE_PIECE_BYTES];
+            let mut offset = 0u64;
+            loop {
+                let n = read_full(&mut file, &mut piece)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                vfs.write(fh, offset, &piece[..n])?;
+                offset += n as u64;
             }
             vfs.release(fh)?;
             count += 1;
         }
     }
     Ok(count)
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 fn compare(vfs: &Vfs, src: &Path, dir: Ino) -> anyhow::Result<u64> {
@@ -86,21 +107,27 @@ fn compare(vfs: &Vfs, src: &Path, dir: Ino) -> anyhow::Result<u64> {
         match attr.kind {
             Kind::Dir => bytes += compare(vfs, &path, attr.ino)?,
             Kind::File => {
-                let want = std::fs::read(&path)?;
+                let mut file = std::fs::File::open(&path)?;
                 let fh = vfs.open(attr.ino, OpenFlags::default())?;
-                let mut got = Vec::new();
+                let mut want = vec![0u8; WRITE_PIECE_BYTES];
+                let mut offset = 0u64;
                 loop {
-                    let piece = vfs.read(fh, got.len() as u64, 128 * 1024)?;
-                    if piece.is_empty() {
+                    let n = read_full(&mut file, &mut want)?;
+                    let got = vfs.read(fh, offset, u32::try_from(WRITE_PIECE_BYTES)?)?;
+                    if got != want[..n] {
+                        vfs.release(fh)?;
+                        bail!(
+                            "{} reads back different from its source at offset {offset}",
+                            path.display()
+                        );
+                    }
+                    if n == 0 {
                         break;
                     }
-                    got.extend_from_slice(&piece);
+                    offset += n as u64;
                 }
                 vfs.release(fh)?;
-                if got != want {
-                    bail!("{} reads back different from its source", path.display());
-                }
-                bytes += got.len() as u64;
+                bytes += offset;
             }
             Kind::Symlink => {
                 if vfs.readlink(attr.ino)?

@@ -21,13 +21,13 @@ const BLOB_MIN_BYTES: u64 = 4096;
 /// Target size of one blob file.
 const BLOB_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Memtable size of the chunk column family.
-const CHUNK_MEMTABLE_BYTES: usize = 128 * 1024 * 1024;
+const CHUNK_MEMTABLE_BYTES: usize = 64 * 1024 * 1024;
 /// Memtables of the chunk column family (one filling while others flush).
-const CHUNK_MEMTABLES: i32 = 4;
+const CHUNK_MEMTABLES: i32 = 3;
 /// Background writers hand dirty pages to the kernel every this many bytes.
 const BYTES_PER_SYNC: u64 = 1024 * 1024;
 /// Memtable size of the metadata column families.
-const META_MEMTABLE_BYTES: usize = 32 * 1024 * 1024;
+const META_MEMTABLE_BYTES: usize = 16 * 1024 * 1024;
 /// Block cache shared by metadata column families.
 const BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Background flush and compaction threads.
