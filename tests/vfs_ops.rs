@@ -344,6 +344,32 @@ fn readdir_listing_is_stable_while_entries_are_removed() -> TestResult {
 }
 
 #[test]
+fn sequential_writes_hold_a_bounded_number_of_chunks_in_memory() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let fx = common::rocks(dir.path()).expect("fixture");
+    let (attr, fh) = fx
+        .vfs
+        .create(ROOT_INO, b"big", 0o644, ME, OpenFlags::default())?;
+    let piece = noise(1 << 20, 9);
+    let mut peak = 0;
+    for i in 0..256u64 {
+        fx.vfs.write(fh, i << 20, &piece)?;
+        peak = peak.max(fx.vfs.staged_bytes());
+    }
+    fx.vfs.release(fh)?;
+    // Full chunks go to the seal pool at once; at most its queue and workers plus the chunk
+    // being written are in memory, however large the file.
+    let bound = (keibi::limits::SEAL_QUEUE_JOBS_MAX + 8) * CHUNK_BYTES;
+    assert!(
+        peak <= bound as u64,
+        "peak staged {peak} bytes over {bound}"
+    );
+    assert_eq!(fx.vfs.getattr(attr.ino)?.size, 256 << 20);
+    assert_eq!(fx.vfs.staged_bytes(), 0, "everything committed at close");
+    Ok(())
+}
+
+#[test]
 fn large_sequential_write_reads_back() {
     let fx = common::mem().expect("fixture");
     let data = noise(40 * CHUNK_BYTES + 12345, 4);

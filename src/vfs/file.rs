@@ -298,6 +298,7 @@ impl Vfs {
             st.seal_slot(idx, &self.sealer);
         }
         Self::wait_sealed(st)?;
+        st.sealing.clear();
         let sealed: Vec<u64> = st
             .slots
             .iter()

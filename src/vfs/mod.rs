@@ -302,6 +302,14 @@ impl Vfs {
         files.iter().flat_map(|f| f.staged_chunks()).collect()
     }
 
+    /// Bytes of file content held in memory by staging (dirty buffers and chunks being
+    /// sealed), over every open file.
+    #[must_use]
+    pub fn staged_bytes(&self) -> u64 {
+        let files: Vec<_> = self.open.lock().values().cloned().collect();
+        files.iter().map(|f| f.state.lock().staged_bytes()).sum()
+    }
+
     /// Statistics of the filesystem holding the store.
     ///
     /// # Errors

@@ -39,6 +39,16 @@ impl SealJob {
         }
     }
 
+    /// The stored chunk's id if the job finished well; `None` while it runs or if it failed
+    /// (the commit that waits for it reports the failure).
+    #[must_use]
+    pub fn done_id(&self) -> Option<ChunkId> {
+        match self.result.lock().as_ref() {
+            Some(Ok(id)) => Some(*id),
+            Some(Err(_)) | None => None,
+        }
+    }
+
     fn finish(&self, r: Result<ChunkId, chunk::Error>) {
         *self.result.lock() = Some(r.map_err(Arc::new));
         self.done.notify_all();

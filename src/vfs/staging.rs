@@ -5,7 +5,7 @@
 //! Invariant: a buffer's length is always `chunk_len(size, index)`; a size change fixes up
 //! the chunk that was or becomes the last one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::chunk::{ChunkStore, chunk_count, chunk_len};
@@ -118,6 +118,8 @@ pub(crate) struct FileState {
     pub handles: u32,
     /// End of the last read, to detect sequential reading.
     pub last_read_end: u64,
+    /// Indices sent to the seal pool, oldest first, until their slot is reaped.
+    pub sealing: VecDeque<u64>,
 }
 
 fn sub(range: &[u8], start: usize, end: usize) -> Vec<u8> {
@@ -142,6 +144,7 @@ impl FileState {
             journal_entries: 0,
             handles: 0,
             last_read_end: u64::MAX,
+            sealing: VecDeque::new(),
         }
     }
 
@@ -263,7 +266,24 @@ impl FileState {
         }
         self.mtime = Some(Timestamp::now());
         self.relieve_pressure(last, sealer);
+        self.reap_sealed();
         Ok(())
+    }
+
+    /// Turns finished seal jobs into sealed slots, so their buffers are freed (the chunk
+    /// cache may keep a copy, within its own bound).
+    pub fn reap_sealed(&mut self) {
+        while let Some(idx) = self.sealing.front().copied() {
+            match self.slots.get_mut(&idx) {
+                Some(slot @ Slot::Sealing(_)) => {
+                    let Slot::Sealing(job) = &*slot else { break };
+                    let Some(id) = job.done_id() else { break };
+                    *slot = Slot::Sealed(id);
+                }
+                Some(Slot::Buffer(_) | Slot::Sealed(_)) | None => {}
+            }
+            self.sealing.pop_front();
+        }
     }
 
     /// Sends buffer `idx` to the seal pool.
@@ -271,6 +291,7 @@ impl FileState {
         match self.slots.remove(&idx) {
             Some(Slot::Buffer(b)) => {
                 self.slots.insert(idx, Slot::Sealing(sealer.seal(b.data)));
+                self.sealing.push_back(idx);
             }
             Some(other) => {
                 self.slots.insert(idx, other);
@@ -362,6 +383,18 @@ impl FileState {
                 Slot::Buffer(_) => None,
             })
             .collect()
+    }
+
+    /// Bytes held in memory: buffers and chunks being sealed.
+    pub fn staged_bytes(&self) -> u64 {
+        self.slots
+            .values()
+            .map(|s| match s {
+                Slot::Buffer(b) => b.data.len() as u64,
+                Slot::Sealing(job) => job.data.len() as u64,
+                Slot::Sealed(_) => 0,
+            })
+            .sum()
     }
 
     /// True when there is nothing to commit.
