@@ -273,17 +273,25 @@ impl FileState {
     /// Turns finished seal jobs into sealed slots, so their buffers are freed (the chunk
     /// cache may keep a copy, within its own bound).
     pub fn reap_sealed(&mut self) {
-        while let Some(idx) = self.sealing.front().copied() {
-            match self.slots.get_mut(&idx) {
-                Some(slot @ Slot::Sealing(_)) => {
-                    let Slot::Sealing(job) = &*slot else { break };
-                    let Some(id) = job.done_id() else { break };
-                    *slot = Slot::Sealed(id);
+        let slots = &mut self.slots;
+        // Out of order: a finished job behind a slow one is freed too, so the jobs kept here
+        // are only those queued or running, which the seal pool bounds.
+        self.sealing.retain(|idx| match slots.get_mut(idx) {
+            Some(slot @ Slot::Sealing(_)) => {
+                let done = match &*slot {
+                    Slot::Sealing(job) => job.done_id(),
+                    Slot::Buffer(_) | Slot::Sealed(_) => None,
+                };
+                match done {
+                    Some(id) => {
+                        *slot = Slot::Sealed(id);
+                        false
+                    }
+                    None => true,
                 }
-                Some(Slot::Buffer(_) | Slot::Sealed(_)) | None => {}
             }
-            self.sealing.pop_front();
-        }
+            Some(Slot::Buffer(_) | Slot::Sealed(_)) | None => false,
+        });
     }
 
     /// Sends buffer `idx` to the seal pool.
