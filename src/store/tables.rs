@@ -303,6 +303,15 @@ impl Tables {
         batch.delete(Cf::Dirents, keys::dirent(parent, name));
     }
 
+    /// Adds the removal of `file`'s journal entries for chunk indices in `[from, to)`.
+    pub fn delete_journal(batch: &mut Batch, file: FileId, from: u64, to: u64) {
+        batch.delete_range(
+            Cf::Journal,
+            keys::journal(file, from, 0),
+            keys::journal(file, to, 0),
+        );
+    }
+
     /// A fresh random file id.
     ///
     /// # Errors

@@ -10,7 +10,7 @@ use crate::id::{ChunkId, FileId, Ino};
 use crate::limits::{
     JOURNAL_CHUNK_DIRTY_BYTES_MAX, JOURNAL_ENTRIES_PER_FILE_MAX, JOURNAL_FSYNC_BYTES_MAX,
 };
-use crate::store::{Batch, Cf, Durability, keys};
+use crate::store::{Batch, Cf, Durability, keys, tables::Tables};
 use crate::tree::{Kind, Timestamp};
 
 use super::staging::{Buf, FileState, Piece, Ranges, Slot};
@@ -299,12 +299,7 @@ impl Vfs {
         }
         Self::wait_sealed(st)?;
         st.sealing.clear();
-        let sealed: Vec<u64> = st
-            .slots
-            .iter()
-            .filter(|(_, s)| matches!(s, Slot::Sealed(_)))
-            .map(|(i, _)| *i)
-            .collect();
+        let sealed = st.indices(|s| matches!(s, Slot::Sealed(_)));
         let size_changed = st.size != st.committed_size;
         let needs_record =
             !sealed.is_empty() || size_changed || (mode == CommitMode::Seal && st.mtime.is_some());
@@ -326,18 +321,10 @@ impl Vfs {
                     rec.ctime = t;
                 }
                 for idx in sealed.iter().filter(|i| st.journaled.contains(i)) {
-                    batch.delete_range(
-                        Cf::Journal,
-                        keys::journal(st.id, *idx, 0),
-                        keys::journal(st.id, *idx + 1, 0),
-                    );
+                    Tables::delete_journal(&mut batch, st.id, *idx, *idx + 1);
                 }
                 for idx in st.journaled.iter().filter(|i| **i >= chunk_count(st.size)) {
-                    batch.delete_range(
-                        Cf::Journal,
-                        keys::journal(st.id, *idx, 0),
-                        keys::journal(st.id, *idx + 1, 0),
-                    );
+                    Tables::delete_journal(&mut batch, st.id, *idx, *idx + 1);
                 }
                 self.tables.put_record(&mut batch, &mut rec);
                 batch.append(&mut jbatch);
@@ -373,12 +360,7 @@ impl Vfs {
     /// Waits for every chunk being sealed; a failed seal turns back into a buffer.
     fn wait_sealed(st: &mut FileState) -> Result<()> {
         let mut first_err = None;
-        let idxs: Vec<u64> = st
-            .slots
-            .iter()
-            .filter(|(_, s)| matches!(s, Slot::Sealing(_)))
-            .map(|(i, _)| *i)
-            .collect();
+        let idxs = st.indices(|s| matches!(s, Slot::Sealing(_)));
         for idx in idxs {
             let Some(Slot::Sealing(job)) = st.slots.remove(&idx) else {
                 continue;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use crate::id::FileId;
-use crate::store::{Batch, Cf, Durability, keys};
+use crate::store::{Batch, Cf, Durability, keys, tables::Tables};
 use crate::tree::FileRecord;
 
 use super::staging::FileState;
@@ -55,14 +55,7 @@ impl Vfs {
     fn fold_journal(&self, file: FileId, entries: Vec<Entry>) -> Result<()> {
         let record = self.tables.record(file)?;
         let Some(record) = record.filter(|r| !r.tombstone) else {
-            let mut batch = Batch::new();
-            batch.delete_range(
-                Cf::Journal,
-                keys::journal(file, 0, 0),
-                keys::journal(file, u64::MAX, u64::MAX),
-            );
-            self.tables.backend().write(batch, Durability::Synced)?;
-            return Ok(());
+            return self.drop_journal(file);
         };
         let mut st = FileState::from_record(&record);
         for (idx, off, bytes) in entries {
@@ -81,15 +74,15 @@ impl Vfs {
         self.commit_state(&mut st, CommitMode::Sync)?;
         if !st.journaled.is_empty() {
             // Entries for chunks past the end: drop them.
-            let mut batch = Batch::new();
-            batch.delete_range(
-                Cf::Journal,
-                keys::journal(file, 0, 0),
-                keys::journal(file, u64::MAX, u64::MAX),
-            );
-            self.tables.backend().write(batch, Durability::Synced)?;
+            self.drop_journal(file)?;
         }
         Ok(())
+    }
+
+    fn drop_journal(&self, file: FileId) -> Result<()> {
+        let mut batch = Batch::new();
+        Tables::delete_journal(&mut batch, file, 0, u64::MAX);
+        Ok(self.tables.backend().write(batch, Durability::Synced)?)
     }
 
     fn free_deleted_content(&self) -> Result<()> {

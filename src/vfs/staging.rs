@@ -310,12 +310,7 @@ impl FileState {
 
     /// Seals the lowest buffers when more than [`STAGED_BUFFERS_PER_FILE_MAX`] are held.
     fn relieve_pressure(&mut self, keep: u64, sealer: &Sealer) {
-        let buffers: Vec<u64> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| matches!(s, Slot::Buffer(_)))
-            .map(|(i, _)| *i)
-            .collect();
+        let buffers = self.indices(|s| matches!(s, Slot::Buffer(_)));
         if buffers.len() <= STAGED_BUFFERS_PER_FILE_MAX {
             return;
         }
@@ -390,6 +385,15 @@ impl FileState {
                 Slot::Sealing(job) => job.wait().ok(),
                 Slot::Buffer(_) => None,
             })
+            .collect()
+    }
+
+    /// Indices of the slots that satisfy `pred`, in order.
+    pub fn indices(&self, pred: impl Fn(&Slot) -> bool) -> Vec<u64> {
+        self.slots
+            .iter()
+            .filter(|(_, s)| pred(s))
+            .map(|(i, _)| *i)
             .collect()
     }
 
