@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use parking_lot::Mutex;
 
-use crate::chunk::{chunk_count, chunk_len};
+use crate::chunk::{self, chunk_count, chunk_len};
 use crate::id::{ChunkId, FileId, Ino};
 use crate::limits::{
     JOURNAL_CHUNK_DIRTY_BYTES_MAX, JOURNAL_ENTRIES_PER_FILE_MAX, JOURNAL_FSYNC_BYTES_MAX,
@@ -154,6 +154,17 @@ impl Vfs {
     /// [`Error::BadHandle`]; a chunk that is missing or corrupt (never zeros in its place).
     pub fn read(&self, fh: u64, offset: u64, len: u32) -> Result<Vec<u8>> {
         let (f, _) = self.file_handle(fh)?;
+        match self.read_once(&f, offset, len) {
+            // A commit on another handle can replace a chunk, and gc delete it, between
+            // planning the read and fetching it: plan again from the new manifest, once.
+            Err(Error::Chunk(e)) if matches!(*e, chunk::Error::Missing(_)) => {
+                self.read_once(&f, offset, len)
+            }
+            other => other,
+        }
+    }
+
+    fn read_once(&self, f: &OpenFile, offset: u64, len: u32) -> Result<Vec<u8>> {
         let pieces = f
             .state
             .lock()
@@ -174,9 +185,15 @@ impl Vfs {
                 Piece::Zeros(n) => out.resize(out.len() + n, 0),
                 Piece::Chunk { id, start, end } => {
                     let data = self.chunks.get(&id)?;
-                    let e = end.min(data.len());
-                    out.extend_from_slice(&data[start.min(e)..e]);
-                    out.resize(out.len() + (end - start) - (e - start.min(e)), 0);
+                    let Some(bytes) = data.get(start..end) else {
+                        // Never zeros in place of data: a short chunk is an error.
+                        let reason = format!("{} bytes, the file needs {end}", data.len());
+                        return Err(Error::Chunk(Arc::new(chunk::Error::Corrupt {
+                            chunk: id,
+                            reason,
+                        })));
+                    };
+                    out.extend_from_slice(bytes);
                 }
             }
         }
