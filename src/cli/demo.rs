@@ -29,9 +29,7 @@ fn sample_tree(dir: &Path) -> anyhow::Result<()> {
         "keibi demo: files written through the filesystem core\n",
     )?;
     std::fs::write(dir.join("empty"), b"")?;
-    let big: Vec<u8> = (0..3 * 1024 * 1024 + 123u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let big = crate::testing::noise(3 * 1024 * 1024 + 123, 1);
     std::fs::write(dir.join("big.bin"), &big)?;
     std::fs::write(dir.join("docs/big-copy.bin"), &big)?;
     for i in 0..20 {
