@@ -29,6 +29,11 @@ pub const ZSTD_MIN_SAVING_DIVISOR: usize = 8;
 /// Bytes of a chunk compressed first to decide whether compressing the rest pays.
 pub const ZSTD_SAMPLE_BYTES: usize = 16 * 1024;
 
+/// Bytes one chunk's overlay of small writes may hold before it becomes a full buffer.
+pub const OVERLAY_BYTES_MAX: usize = 64 * 1024;
+/// Overlay bytes one open file may hold before its oldest overlays become buffers.
+pub const OVERLAY_BYTES_PER_FILE_MAX: usize = 8 * 1024 * 1024;
+
 /// Dirty chunk buffers one open file may hold in memory before the oldest are sealed.
 pub const STAGED_BUFFERS_PER_FILE_MAX: usize = 16;
 /// Seal jobs queued for the seal pool; a writer blocks when the queue is full.
@@ -72,3 +77,5 @@ const _: () = assert!(CHUNK_BYTES <= u32::MAX as usize, "frame lengths are u32")
 const _: () = assert!(MANIFEST_CHUNKS_MAX * 33 < RECORD_BYTES_MAX as u64);
 const _: () = assert!(JOURNAL_CHUNK_DIRTY_BYTES_MAX <= JOURNAL_FSYNC_BYTES_MAX);
 const _: () = assert!(STAGED_BUFFERS_PER_FILE_MAX >= 2);
+const _: () = assert!(OVERLAY_BYTES_MAX <= JOURNAL_CHUNK_DIRTY_BYTES_MAX);
+const _: () = assert!(OVERLAY_BYTES_MAX < OVERLAY_BYTES_PER_FILE_MAX);

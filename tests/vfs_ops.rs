@@ -288,6 +288,42 @@ fn small_fsynced_writes_use_the_journal_and_survive_a_crash() -> TestResult {
     Ok(())
 }
 
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Small writes into a committed file (the overlay path), with fsyncs and closes between
+    /// them, read back as a plain byte array model says.
+    #[test]
+    fn small_writes_into_committed_chunks_match_a_model(
+        ops in proptest::collection::vec((0u64..(3 * CHUNK_BYTES as u64 - 70_000), 1usize..70_000, proptest::prelude::any::<u8>(), 0u8..8), 1..60)
+    ) {
+        let fx = common::mem().expect("fixture");
+        let v = &fx.vfs;
+        let mut model = noise(3 * CHUNK_BYTES, 11);
+        let ino = put_file(v, ROOT_INO, "f", &model);
+        let mut fh = v.open(ino, OpenFlags::default()).expect("open");
+        for (off, len, byte, action) in ops {
+            // Cluster writes so that they overlap and touch each other.
+            let off = off % 4 * 40_000 + off % 3_000;
+            let data: Vec<u8> = (0..len).map(|i| byte ^ (i as u8)).collect();
+            v.write(fh, off, &data).expect("write");
+            model[off as usize..off as usize + len].copy_from_slice(&data);
+            match action {
+                0 => v.fsync(fh).expect("fsync"),
+                1 => {
+                    v.release(fh).expect("release");
+                    fh = v.open(ino, OpenFlags::default()).expect("open");
+                }
+                _ => {}
+            }
+            let got = v.read(fh, 0, model.len() as u32).expect("read");
+            proptest::prop_assert!(got == model, "content differs");
+        }
+        v.release(fh).expect("release");
+        proptest::prop_assert!(read_all(v, ino) == model);
+    }
+}
+
 #[test]
 fn committed_files_persist_across_reopen() -> TestResult {
     let dir = tempfile::tempdir()?;

@@ -174,7 +174,9 @@ impl Vfs {
                 .iter()
                 .map(|p| match p {
                     Piece::Bytes(b) => b.len(),
-                    Piece::Chunk { start, end, .. } => end - start,
+                    Piece::Chunk { start, end, .. } | Piece::Patched { start, end, .. } => {
+                        end - start
+                    }
                     Piece::Zeros(n) => *n,
                 })
                 .sum(),
@@ -184,20 +186,32 @@ impl Vfs {
                 Piece::Bytes(b) => out.extend_from_slice(&b),
                 Piece::Zeros(n) => out.resize(out.len() + n, 0),
                 Piece::Chunk { id, start, end } => {
-                    let data = self.chunks.get(&id)?;
-                    let Some(bytes) = data.get(start..end) else {
-                        // Never zeros in place of data: a short chunk is an error.
-                        let reason = format!("{} bytes, the file needs {end}", data.len());
-                        return Err(Error::Chunk(Arc::new(chunk::Error::Corrupt {
-                            chunk: id,
-                            reason,
-                        })));
-                    };
-                    out.extend_from_slice(bytes);
+                    out.extend_from_slice(self.chunk_range(&id, start, end)?.as_slice());
+                }
+                Piece::Patched {
+                    id,
+                    start,
+                    end,
+                    patches,
+                } => {
+                    let mut bytes = self.chunk_range(&id, start, end)?;
+                    for (at, p) in patches {
+                        bytes[at - start..at - start + p.len()].copy_from_slice(&p);
+                    }
+                    out.extend_from_slice(&bytes);
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Bytes `[start, end)` of chunk `id`; a chunk shorter than that is an error, never zeros.
+    fn chunk_range(&self, id: &ChunkId, start: usize, end: usize) -> Result<Vec<u8>> {
+        let data = self.chunks.get(id)?;
+        data.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| {
+            let reason = format!("{} bytes, the file needs {end}", data.len());
+            Error::Chunk(Arc::new(chunk::Error::Corrupt { chunk: *id, reason }))
+        })
     }
 
     /// Writes `data` at `offset` (at the end for an append handle); returns bytes written.
@@ -262,23 +276,46 @@ impl Vfs {
         }
         let (mut bytes, mut entry) = (0usize, st.journal_entries);
         for (idx, slot) in &st.slots {
-            let Slot::Buffer(b) = slot else { continue };
-            let small = b.dirty.bytes() <= JOURNAL_CHUNK_DIRTY_BYTES_MAX && !b.dirty.overflow;
-            if !b.journal_ok
+            let (dirty, journal_ok) = match slot {
+                Slot::Buffer(b) => (&b.dirty, b.journal_ok),
+                Slot::Overlay(o) => (&o.dirty, true),
+                Slot::Sealing(_) | Slot::Sealed(_) => continue,
+            };
+            let small = dirty.bytes() <= JOURNAL_CHUNK_DIRTY_BYTES_MAX && !dirty.overflow;
+            if !journal_ok
                 || !small
                 || *idx >= st.base.len() as u64
-                || bytes + b.dirty.bytes() > JOURNAL_FSYNC_BYTES_MAX
+                || bytes + dirty.bytes() > JOURNAL_FSYNC_BYTES_MAX
             {
                 continue;
             }
-            let before = entry;
-            for &(s, e) in b.dirty.iter() {
+            let mut entries = Vec::new();
+            for &(s, e) in dirty.iter() {
                 let mut v = u32::try_from(s).unwrap_or(u32::MAX).to_le_bytes().to_vec();
-                v.extend_from_slice(&b.data[s..e]);
+                match slot {
+                    Slot::Buffer(b) => v.extend_from_slice(&b.data[s..e]),
+                    Slot::Overlay(o) => o
+                        .clip(s, e)
+                        .iter()
+                        .for_each(|(_, p)| v.extend_from_slice(p)),
+                    Slot::Sealing(_) | Slot::Sealed(_) => {}
+                }
+                if v.len() != 4 + (e - s) {
+                    // A dirty range not covered by the overlay: seal this chunk instead.
+                    entries.clear();
+                    break;
+                }
+                entries.push(v);
+            }
+            if entries.is_empty() {
+                continue;
+            }
+            let before = entry;
+            for v in entries {
                 batch.put(Cf::Journal, keys::journal(st.id, *idx, entry), v);
                 entry += 1;
             }
-            bytes += b.dirty.bytes();
+            bytes += dirty.bytes();
             covered.push((*idx, entry - before));
         }
         covered
@@ -304,13 +341,20 @@ impl Vfs {
         // Seal what is not journaled now; drop buffers equal to the committed chunk.
         let idxs: Vec<u64> = st.slots.keys().copied().collect();
         for idx in idxs {
-            let clean_buffer = matches!(st.slots.get(&idx), Some(Slot::Buffer(b)) if b.journal_ok && b.dirty.is_empty());
+            let clean_buffer = match st.slots.get(&idx) {
+                Some(Slot::Buffer(b)) => b.journal_ok && b.dirty.is_empty(),
+                Some(Slot::Overlay(o)) => o.dirty.is_empty(),
+                Some(Slot::Sealing(_) | Slot::Sealed(_)) | None => false,
+            };
             if keep.contains(&idx) || (clean_buffer && mode == CommitMode::Sync) {
                 continue;
             }
             if clean_buffer && !st.journaled.contains(&idx) {
                 st.slots.remove(&idx);
                 continue;
+            }
+            if matches!(st.slots.get(&idx), Some(Slot::Overlay(_))) {
+                st.load(idx, &self.chunks)?;
             }
             st.seal_slot(idx, &self.sealer);
         }
@@ -362,8 +406,10 @@ impl Vfs {
             self.sync_all()?;
         }
         for (idx, n) in journaled_now {
-            if let Some(Slot::Buffer(b)) = st.slots.get_mut(&idx) {
-                b.dirty.clear();
+            match st.slots.get_mut(&idx) {
+                Some(Slot::Buffer(b)) => b.dirty.clear(),
+                Some(Slot::Overlay(o)) => o.dirty.clear(),
+                Some(Slot::Sealing(_) | Slot::Sealed(_)) | None => {}
             }
             st.journaled.insert(idx);
             st.journal_entries += n;
@@ -410,7 +456,7 @@ impl Vfs {
         for idx in 0..count {
             let id = match st.slots.get(&idx) {
                 Some(Slot::Sealed(id)) => *id,
-                Some(Slot::Buffer(_)) | None => {
+                Some(Slot::Buffer(_) | Slot::Overlay(_)) | None => {
                     match st.base.get(usize::try_from(idx).unwrap_or(usize::MAX)) {
                         Some(id) => *id,
                         None => self.chunks.zeros(chunk_len(st.size, idx))?,

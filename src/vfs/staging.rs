@@ -11,8 +11,8 @@ use std::sync::Arc;
 use crate::chunk::{ChunkStore, chunk_count, chunk_len};
 use crate::id::{ChunkId, FileId};
 use crate::limits::{
-    CHUNK_BYTES, CHUNK_BYTES_U64, FILE_BYTES_MAX, JOURNAL_RANGES_PER_BUFFER_MAX, READAHEAD_CHUNKS,
-    STAGED_BUFFERS_PER_FILE_MAX,
+    CHUNK_BYTES, CHUNK_BYTES_U64, FILE_BYTES_MAX, JOURNAL_RANGES_PER_BUFFER_MAX, OVERLAY_BYTES_MAX,
+    OVERLAY_BYTES_PER_FILE_MAX, READAHEAD_CHUNKS, STAGED_BUFFERS_PER_FILE_MAX,
 };
 use crate::tree::{FileRecord, Timestamp};
 
@@ -80,9 +80,73 @@ pub(crate) struct Buf {
     pub journal_ok: bool,
 }
 
+/// Small changes to a committed chunk, kept without reading the chunk: a 4 KiB write into
+/// a large file costs 4 KiB of memory and no chunk decode until the chunk is sealed.
+#[derive(Default)]
+pub(crate) struct Overlay {
+    /// Changed bytes by offset in the chunk; patches never overlap or touch.
+    pub patches: BTreeMap<usize, Vec<u8>>,
+    /// Ranges changed since the last durable point (always inside `patches`).
+    pub dirty: Ranges,
+}
+
+impl Overlay {
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.patches.values().map(Vec::len).sum()
+    }
+
+    /// Records `data` written at `start`, merging the patches it overlaps or touches.
+    pub fn write(&mut self, start: usize, data: &[u8]) {
+        let end = start + data.len();
+        let touched: Vec<usize> = self
+            .patches
+            .range(..=end)
+            .filter(|(s, p)| **s + p.len() >= start)
+            .map(|(s, _)| *s)
+            .collect();
+        let (mut lo, mut hi) = (start, end);
+        for s in &touched {
+            lo = lo.min(*s);
+            hi = hi.max(s + self.patches.get(s).map_or(0, Vec::len));
+        }
+        let mut merged = vec![0u8; hi - lo];
+        for s in touched {
+            if let Some(p) = self.patches.remove(&s) {
+                merged[s - lo..s - lo + p.len()].copy_from_slice(&p);
+            }
+        }
+        merged[start - lo..end - lo].copy_from_slice(data);
+        self.patches.insert(lo, merged);
+        self.dirty.add(start, end);
+    }
+
+    /// Applies the patches to `out`, which holds the chunk's bytes from offset `at`.
+    pub fn apply(&self, out: &mut [u8], at: usize) {
+        for (s, p) in &self.patches {
+            let (from, to) = ((*s).max(at), (s + p.len()).min(at + out.len()));
+            if from < to {
+                out[from - at..to - at].copy_from_slice(&p[from - s..to - s]);
+            }
+        }
+    }
+
+    /// The patches that intersect `[start, end)`, clipped to it.
+    pub fn clip(&self, start: usize, end: usize) -> Vec<(usize, Vec<u8>)> {
+        self.patches
+            .iter()
+            .filter_map(|(s, p)| {
+                let (from, to) = ((*s).max(start), (s + p.len()).min(end));
+                (from < to).then(|| (from, p[from - s..to - s].to_vec()))
+            })
+            .collect()
+    }
+}
+
 /// One staged chunk.
 pub(crate) enum Slot {
     Buffer(Buf),
+    Overlay(Overlay),
     Sealing(Arc<SealJob>),
     Sealed(ChunkId),
 }
@@ -90,6 +154,13 @@ pub(crate) enum Slot {
 /// A piece of a read, gathered under the file lock and filled in after it.
 pub(crate) enum Piece {
     Bytes(Vec<u8>),
+    /// A committed chunk's bytes with patches over them.
+    Patched {
+        id: ChunkId,
+        start: usize,
+        end: usize,
+        patches: Vec<(usize, Vec<u8>)>,
+    },
     Chunk {
         id: ChunkId,
         start: usize,
@@ -153,6 +224,20 @@ impl FileState {
         let len = chunk_len(self.size, idx);
         let fresh = match self.slots.get(&idx) {
             Some(Slot::Buffer(_)) => None,
+            Some(Slot::Overlay(o)) => {
+                let id = self
+                    .base
+                    .get(usize::try_from(idx).unwrap_or(usize::MAX))
+                    .ok_or(Error::Invalid("overlay past the manifest".into()))?;
+                let mut data = chunks.get(id)?.to_vec();
+                o.apply(&mut data, 0);
+                let ok = chunk_len(self.committed_size, idx) == len;
+                Some(Buf {
+                    data,
+                    dirty: o.dirty.clone(),
+                    journal_ok: ok,
+                })
+            }
             Some(Slot::Sealing(job)) => Some(Buf {
                 data: job.data.to_vec(),
                 dirty: Ranges::default(),
@@ -191,7 +276,7 @@ impl FileState {
                 }
                 Ok(b)
             }
-            Some(Slot::Sealing(_) | Slot::Sealed(_)) | None => {
+            Some(Slot::Overlay(_) | Slot::Sealing(_) | Slot::Sealed(_)) | None => {
                 Err(Error::Invalid("staging slot vanished".into()))
             }
         }
@@ -257,6 +342,9 @@ impl FileState {
             let from = (cstart + s - offset) as usize;
             #[expect(clippy::cast_possible_truncation, reason = "within one chunk")]
             let (s, e) = (s as usize, e as usize);
+            if self.write_overlay(idx, s, &data[from..from + (e - s)], chunks)? {
+                continue;
+            }
             let buf = self.load(idx, chunks)?;
             buf.data[s..e].copy_from_slice(&data[from..from + (e - s)]);
             buf.dirty.add(s, e);
@@ -280,7 +368,7 @@ impl FileState {
             Some(slot @ Slot::Sealing(_)) => {
                 let done = match &*slot {
                     Slot::Sealing(job) => job.done_id(),
-                    Slot::Buffer(_) | Slot::Sealed(_) => None,
+                    Slot::Buffer(_) | Slot::Overlay(_) | Slot::Sealed(_) => None,
                 };
                 match done {
                     Some(id) => {
@@ -290,8 +378,67 @@ impl FileState {
                     None => true,
                 }
             }
-            Some(Slot::Buffer(_) | Slot::Sealed(_)) | None => false,
+            Some(Slot::Buffer(_) | Slot::Overlay(_) | Slot::Sealed(_)) | None => false,
         });
+    }
+
+    /// Writes a small change into an overlay over committed chunk `idx` when that is
+    /// possible (the chunk is committed, keeps its length, and has no other slot); returns
+    /// whether it did. An overlay that grows past its bound becomes a buffer.
+    fn write_overlay(
+        &mut self,
+        idx: u64,
+        start: usize,
+        data: &[u8],
+        chunks: &ChunkStore,
+    ) -> Result<bool> {
+        let committed = idx < self.base.len() as u64
+            && chunk_len(self.committed_size, idx) == chunk_len(self.size, idx);
+        match self.slots.get_mut(&idx) {
+            Some(Slot::Overlay(o)) => {
+                o.write(start, data);
+                if o.bytes() > OVERLAY_BYTES_MAX || o.dirty.overflow {
+                    self.load(idx, chunks)?;
+                }
+                Ok(true)
+            }
+            None if committed && data.len() <= OVERLAY_BYTES_MAX => {
+                let mut o = Overlay::default();
+                o.write(start, data);
+                self.slots.insert(idx, Slot::Overlay(o));
+                self.relieve_overlays(chunks).map(|()| true)
+            }
+            Some(Slot::Buffer(_) | Slot::Sealing(_) | Slot::Sealed(_)) | None => Ok(false),
+        }
+    }
+
+    /// Turns overlays into buffers (oldest indices first) while they hold more than
+    /// [`OVERLAY_BYTES_PER_FILE_MAX`].
+    fn relieve_overlays(&mut self, chunks: &ChunkStore) -> Result<()> {
+        let mut total: usize = self
+            .slots
+            .values()
+            .map(|s| {
+                if let Slot::Overlay(o) = s {
+                    o.bytes()
+                } else {
+                    0
+                }
+            })
+            .sum();
+        if total <= OVERLAY_BYTES_PER_FILE_MAX {
+            return Ok(());
+        }
+        for idx in self.indices(|s| matches!(s, Slot::Overlay(_))) {
+            if total <= OVERLAY_BYTES_PER_FILE_MAX / 2 {
+                break;
+            }
+            if let Some(Slot::Overlay(o)) = self.slots.get(&idx) {
+                total -= o.bytes();
+            }
+            self.load(idx, chunks)?;
+        }
+        Ok(())
     }
 
     /// Sends buffer `idx` to the seal pool.
@@ -345,6 +492,17 @@ impl FileState {
             );
             pieces.push(match self.slots.get(&idx) {
                 Some(Slot::Buffer(b)) => Piece::Bytes(sub(&b.data, s, e)),
+                Some(Slot::Overlay(o)) => {
+                    match self.base.get(usize::try_from(idx).unwrap_or(usize::MAX)) {
+                        Some(id) => Piece::Patched {
+                            id: *id,
+                            start: s,
+                            end: e,
+                            patches: o.clip(s, e),
+                        },
+                        None => Piece::Zeros(e - s),
+                    }
+                }
                 Some(Slot::Sealing(job)) => Piece::Bytes(sub(&job.data, s, e)),
                 Some(Slot::Sealed(id)) => Piece::Chunk {
                     id: *id,
@@ -383,7 +541,7 @@ impl FileState {
             .filter_map(|s| match s {
                 Slot::Sealed(id) => Some(*id),
                 Slot::Sealing(job) => job.wait().ok(),
-                Slot::Buffer(_) => None,
+                Slot::Buffer(_) | Slot::Overlay(_) => None,
             })
             .collect()
     }
@@ -403,6 +561,7 @@ impl FileState {
             .values()
             .map(|s| match s {
                 Slot::Buffer(b) => b.data.len() as u64,
+                Slot::Overlay(o) => o.bytes() as u64,
                 Slot::Sealing(job) => job.data.len() as u64,
                 Slot::Sealed(_) => 0,
             })
@@ -420,7 +579,37 @@ impl FileState {
 
 #[cfg(test)]
 mod tests {
-    use super::Ranges;
+    use super::{Overlay, Ranges};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn overlay_matches_plain_writes(writes in proptest::collection::vec((0usize..4096, 1usize..300, any::<u8>()), 1..40)) {
+            let base: Vec<u8> = (0..5000u32).map(|i| (i % 241) as u8).collect();
+            let mut model = base.clone();
+            let mut o = Overlay::default();
+            for (at, len, byte) in writes {
+                let data: Vec<u8> = (0..len).map(|i| byte.wrapping_add(i.to_le_bytes()[0])).collect();
+                o.write(at, &data);
+                model[at..at + len].copy_from_slice(&data);
+                let mut got = base.clone();
+                o.apply(&mut got, 0);
+                prop_assert_eq!(&got, &model);
+                // Patches never overlap or touch, and every clip reads the model back.
+                let mut prev_end = None;
+                for (s, p) in &o.patches {
+                    prop_assert!(prev_end.is_none_or(|e| e < *s));
+                    prev_end = Some(s + p.len());
+                }
+                let mut part = base[1000..3000].to_vec();
+                o.apply(&mut part, 1000);
+                prop_assert_eq!(&part[..], &model[1000..3000]);
+                for (s, p) in o.clip(1000, 3000) {
+                    prop_assert_eq!(&p[..], &model[s..s + p.len()]);
+                }
+            }
+        }
+    }
 
     #[test]
     fn ranges_merge_and_cover() {
