@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages keibi builds and tests with, if any is missing.
-# RocksDB and zstd come from Debian (see ARCHITECTURE.md, "Why the system RocksDB");
-# libclang is for the RocksDB bindings; fuse3 and git are for the mount and its tests.
+# g++ compiles RocksDB from source (see ARCHITECTURE.md, "Why RocksDB is built from source");
+# libclang is for its bindings; zstd comes from Debian; fuse3 and git serve the mount.
 set -euo pipefail
-packages=(librocksdb-dev libzstd-dev pkg-config libclang-dev fuse3 git)
+packages=(g++ libzstd-dev pkg-config libclang-dev fuse3 git)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -76,8 +76,8 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
 }
 
 /// Whether reads check RocksDB's own block and blob checksums. Chunk frames are checked
-/// against their BLAKE3 hash on every read, a stronger check than the CRC32c that RocksDB
-/// would compute again (in software, in Debian's build) over every stored byte.
+/// against their BLAKE3 hash on every read, a stronger check than RocksDB's CRC32c, which
+/// would be a second pass over every byte read.
 fn verify_checksums(cf: Cf) -> bool {
     cf != Cf::Chunks
 }

@@ -443,7 +443,7 @@ impl Vfs {
                             journal_ok: false,
                         }),
                     );
-                    first_err.get_or_insert(Error::Chunk(e));
+                    first_err.get_or_insert(Error::shared(e));
                 }
             }
         }

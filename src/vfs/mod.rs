@@ -87,6 +87,22 @@ impl From<chunk::Error> for Error {
     }
 }
 
+impl Error {
+    /// An error shared by a seal job with whoever waits for it; a full disk stays
+    /// [`Error::NoSpace`].
+    pub(crate) fn shared(e: Arc<chunk::Error>) -> Self {
+        match &*e {
+            chunk::Error::Store(store::Error::NoSpace(m)) => Self::NoSpace(m.clone()),
+            chunk::Error::Store(_)
+            | chunk::Error::Corrupt { .. }
+            | chunk::Error::Missing(_)
+            | chunk::Error::Key(_)
+            | chunk::Error::Codec(_)
+            | chunk::Error::GcOverrun => Self::Chunk(e),
+        }
+    }
+}
+
 /// Result of the vfs core.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

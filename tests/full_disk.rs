@@ -1,0 +1,114 @@
+//! A full disk: the commit that cannot be stored fails with `NoSpace`, and nothing written is
+//! lost: the data stays staged and reads back. Runs on a small tmpfs it mounts itself (needs
+//! root); skipped, with the reason printed, where it cannot mount. The store work runs in a
+//! child process so that the tmpfs is unmounted whatever happens to it.
+#![expect(
+    clippy::expect_used,
+    reason = "test helpers fail loudly on setup errors"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use keibi::id::ROOT_INO;
+use keibi::testing::{self, ME, noise};
+use keibi::vfs::{Error, OpenFlags};
+
+const CHILD_ENV: &str = "KEIBI_TEST_FULL_DISK_DIR";
+
+/// Unmounts the tmpfs in every outcome.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// The child's part: fill the disk through the vfs and check what comes back.
+fn fill_disk(home: &Path) {
+    let fx = testing::rocks(home).expect("fixture");
+    let (attr, fh) = fx
+        .vfs
+        .create(ROOT_INO, b"big", 0o644, ME, OpenFlags::default())
+        .expect("create");
+    let data = noise(96 << 20, 3);
+    let mut written = 0usize;
+    let mut failure = None;
+    for piece in data.chunks(1 << 20) {
+        match fx.vfs.write(fh, written as u64, piece) {
+            Ok(_) => written += piece.len(),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = match failure {
+        Some(e) => e,
+        None => fx
+            .vfs
+            .fsync(fh)
+            .expect_err("96 MiB cannot fit in a 48 MiB filesystem"),
+    };
+    match &failure {
+        Error::NoSpace(_) | Error::Store(keibi::store::Error::NoSpace(_)) => {}
+        other => panic!("expected a no-space error, got {other:?}"),
+    }
+    assert!(
+        written > 0,
+        "some writes went through before the disk filled"
+    );
+    let back = fx
+        .vfs
+        .read(fh, 0, u32::try_from(written).expect("size"))
+        .expect("staged data stays readable");
+    assert!(
+        back == data[..written],
+        "data written before the disk filled is intact"
+    );
+    assert_eq!(
+        fx.vfs.getattr(attr.ino).expect("getattr").size,
+        written as u64
+    );
+}
+
+#[test]
+fn a_full_disk_fails_the_commit_and_loses_nothing() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        fill_disk(&PathBuf::from(dir).join("home"));
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(_fs) = Tmpfs::mount(dir.path(), "48m") else {
+        eprintln!("skipped: cannot mount a tmpfs here (needs root): full-disk behaviour untested");
+        return;
+    };
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "a_full_disk_fails_the_commit_and_loses_nothing",
+            "--nocapture",
+        ])
+        .env(CHILD_ENV, dir.path())
+        .output()
+        .expect("run child");
+    assert!(
+        out.status.success(),
+        "the full-disk run failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
