@@ -62,10 +62,13 @@ fn fill_disk(home: &Path) {
             .fsync(fh)
             .expect_err("96 MiB cannot fit in a 48 MiB filesystem"),
     };
-    match &failure {
-        Error::NoSpace(_) | Error::Store(keibi::store::Error::NoSpace(_)) => {}
-        other => panic!("expected a no-space error, got {other:?}"),
-    }
+    assert!(
+        matches!(
+            failure,
+            Error::NoSpace(_) | Error::Store(keibi::store::Error::NoSpace(_))
+        ),
+        "expected a no-space error, got {failure:?}"
+    );
     assert!(
         written > 0,
         "some writes went through before the disk filled"
