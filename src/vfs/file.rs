@@ -13,7 +13,8 @@ use crate::limits::{
 use crate::store::{Batch, Cf, Durability, keys, tables::Tables};
 use crate::tree::{Kind, Timestamp};
 
-use super::staging::{Buf, FileState, Piece, Ranges, Slot};
+use super::patch::Ranges;
+use super::staging::{Buf, FileState, Piece, Slot};
 use super::{Attr, CommitMode, DirEntry, Error, Result, Vfs};
 
 /// How a file was opened.

@@ -10,6 +10,7 @@
 
 mod dir;
 mod file;
+mod patch;
 mod recover;
 pub mod seal;
 mod staging;
