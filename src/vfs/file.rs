@@ -187,7 +187,7 @@ impl Vfs {
                 Piece::Bytes(b) => out.extend_from_slice(&b),
                 Piece::Zeros(n) => out.resize(out.len() + n, 0),
                 Piece::Chunk { id, start, end } => {
-                    out.extend_from_slice(self.chunk_range(&id, start, end)?.as_slice());
+                    self.append_chunk_range(&mut out, &id, start, end)?;
                 }
                 Piece::Patched {
                     id,
@@ -195,24 +195,34 @@ impl Vfs {
                     end,
                     patches,
                 } => {
-                    let mut bytes = self.chunk_range(&id, start, end)?;
+                    let base = out.len();
+                    self.append_chunk_range(&mut out, &id, start, end)?;
                     for (at, p) in patches {
-                        bytes[at - start..at - start + p.len()].copy_from_slice(&p);
+                        let from = base + at - start;
+                        out[from..from + p.len()].copy_from_slice(&p);
                     }
-                    out.extend_from_slice(&bytes);
                 }
             }
         }
         Ok(out)
     }
 
-    /// Bytes `[start, end)` of chunk `id`; a chunk shorter than that is an error, never zeros.
-    fn chunk_range(&self, id: &ChunkId, start: usize, end: usize) -> Result<Vec<u8>> {
+    /// Appends bytes `[start, end)` of chunk `id` to `out`, copied once; a chunk shorter than
+    /// that is an error, never zeros.
+    fn append_chunk_range(
+        &self,
+        out: &mut Vec<u8>,
+        id: &ChunkId,
+        start: usize,
+        end: usize,
+    ) -> Result<()> {
         let data = self.chunks.get(id)?;
-        data.get(start..end).map(<[u8]>::to_vec).ok_or_else(|| {
+        let bytes = data.get(start..end).ok_or_else(|| {
             let reason = format!("{} bytes, the file needs {end}", data.len());
             Error::Chunk(Arc::new(chunk::Error::Corrupt { chunk: *id, reason }))
-        })
+        })?;
+        out.extend_from_slice(bytes);
+        Ok(())
     }
 
     /// Writes `data` at `offset` (at the end for an append handle); returns bytes written.
