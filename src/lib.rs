@@ -8,14 +8,18 @@
 //! - [`chunk`]: 512 KiB content-addressed chunks, frames (zstd, AES-256-GCM), chunk store.
 //! - [`tree`]: file records and version vectors (pure).
 //! - [`vfs`]: the FUSE-free filesystem core: namespace, staging, commits.
+//! - [`fuse`]: the FUSE adapter (fuser ⇄ vfs, errno map).
 //! - [`gc`]: mark and sweep of unreferenced chunks, plan then execute.
 //! - [`verify`]: the store checker that collects every finding.
 //! - [`status`]: store figures for `keibi status`.
+//! - [`control`]: the control socket through which CLI commands reach a running mount.
 //! - [`home`]: a peer's home directory: store, keys, init and open.
 //! - [`cli`]: the `keibi` command line.
 
 pub mod chunk;
+pub mod fuse;
 pub mod cli;
+pub mod control;
 pub mod gc;
 pub mod home;
 pub mod id;

@@ -79,3 +79,8 @@ const _: () = assert!(JOURNAL_CHUNK_DIRTY_BYTES_MAX <= JOURNAL_FSYNC_BYTES_MAX);
 const _: () = assert!(STAGED_BUFFERS_PER_FILE_MAX >= 2);
 const _: () = assert!(OVERLAY_BYTES_MAX <= JOURNAL_CHUNK_DIRTY_BYTES_MAX);
 const _: () = assert!(OVERLAY_BYTES_MAX < OVERLAY_BYTES_PER_FILE_MAX);
+
+/// Longest request line accepted on the control socket, in bytes.
+pub const CONTROL_REQUEST_BYTES_MAX: usize = 4096;
+/// Time a control client has to send its request, in milliseconds.
+pub const CONTROL_REQUEST_TIMEOUT_MS: u64 = 5_000;

@@ -4,8 +4,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::control::Request;
 use crate::gc::GcPlan;
 use crate::home::Home;
+use crate::id::ChunkId;
 
 /// Arguments of `keibi gc`.
 #[derive(Debug, clap::Args)]
@@ -18,13 +20,17 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
-    let store = home
-        .open()
-        .with_context(|| format!("opening the store in {}", home.root().display()))?;
-    let plan = GcPlan::compute(&store.chunks, &Vec::new)?;
-    if args.dry_run {
-        if args.json {
+/// Plans (and unless `dry_run`, executes) a gc of `chunks`, whose open files hold the
+/// `staged` chunks, and renders the outcome as `keibi gc` prints it.
+pub(crate) fn collect(
+    chunks: &crate::chunk::ChunkStore,
+    staged: &dyn Fn() -> Vec<ChunkId>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<String> {
+    let plan = GcPlan::compute(chunks, staged)?;
+    if dry_run {
+        return Ok(if json {
             let v = serde_json::json!({
                 "dry_run": true,
                 "stored_chunks": plan.stored_chunks,
@@ -32,29 +38,45 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
                 "chunks_to_delete": plan.doomed.len(),
                 "bytes_to_reclaim": plan.doomed_bytes(),
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            serde_json::to_string_pretty(&v)? + "\n"
         } else {
-            println!(
-                "gc plan: {} stored chunks, {} referenced; would delete {} chunks ({})",
+            format!(
+                "gc plan: {} stored chunks, {} referenced; would delete {} chunks ({})\n",
                 plan.stored_chunks,
                 plan.live_chunks,
                 plan.doomed.len(),
                 super::bytes(plan.doomed_bytes())
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
+            )
+        });
     }
     let report = plan.execute()?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if json {
+        serde_json::to_string_pretty(&report)? + "\n"
     } else {
-        println!(
-            "gc: deleted {} chunks ({} stored); chunk files on disk {} -> {}",
+        format!(
+            "gc: deleted {} chunks ({} stored); chunk files on disk {} -> {}\n",
             report.deleted_chunks,
             super::bytes(report.deleted_bytes),
             super::bytes(report.disk_bytes_before),
             super::bytes(report.disk_bytes_after)
-        );
+        )
+    })
+}
+
+pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
+    let req = Request::Gc {
+        dry_run: args.dry_run,
+        json: args.json,
+    };
+    if let Some(code) = super::via_mount(home, &req)? {
+        return Ok(code);
     }
+    let store = home
+        .open()
+        .with_context(|| format!("opening the store in {}", home.root().display()))?;
+    print!(
+        "{}",
+        collect(&store.chunks, &Vec::new, args.dry_run, args.json)?
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -4,12 +4,14 @@
 mod demo;
 mod gc;
 mod init;
+mod mount;
 mod status;
 mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::home::Home;
@@ -33,6 +35,8 @@ pub enum Command {
     Init(init::Args),
     /// Print this peer's device id.
     Id,
+    /// Mount the shared folder and serve it until unmounted (Ctrl-C, SIGTERM or `fusermount3 -u`).
+    Mount(mount::Args),
     /// Check the store: re-hash chunks, check records and indexes. Exit 0 clean, 1 problems found, 2 could not run.
     Verify(verify::Args),
     /// Delete chunks that no file references any more.
@@ -61,11 +65,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", home.device_id()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mount(args) => mount::run(&home, &args),
         Command::Verify(args) => verify::run(&home, &args),
         Command::Gc(args) => gc::run(&home, &args),
         Command::Status(args) => status::run(&home, &args),
         Command::Demo(args) => demo::run(&home, &args),
     }
+}
+
+/// Sends `req` to the mount running on `home`, if there is one, and prints its answer.
+/// `None` when no mount runs: the caller then opens the store itself.
+fn via_mount(home: &Home, req: &crate::control::Request) -> anyhow::Result<Option<ExitCode>> {
+    let answer = crate::control::call(home.root(), req)
+        .context("asking the running `keibi mount`")?;
+    Ok(answer.map(|a| {
+        print!("{}", a.output);
+        ExitCode::from(a.exit_code)
+    }))
 }
 
 /// Formats a byte count for people.

@@ -1,9 +1,12 @@
 //! `keibi status`.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use serde::Serialize;
 
+use crate::control::Request;
 use crate::home::Home;
 use crate::status::StoreFigures;
 
@@ -15,33 +18,81 @@ pub struct Args {
     pub json: bool,
 }
 
+/// What a running mount adds to the store figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct MountFigures {
+    /// Where it is mounted.
+    pub mountpoint: String,
+    /// File content held in memory, not yet committed.
+    pub staged_bytes: u64,
+}
+
+/// Everything `keibi status` prints.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// The store directory.
+    pub store: String,
+    /// The running mount, if any.
+    pub mount: Option<MountFigures>,
+    /// Store figures.
+    #[serde(flatten)]
+    pub figures: StoreFigures,
+}
+
+/// Renders `s` as `keibi status` prints it.
+pub(crate) fn render(s: &Status, json: bool) -> anyhow::Result<String> {
+    if json {
+        return Ok(serde_json::to_string_pretty(s)? + "\n");
+    }
+    let f = &s.figures;
+    let mut out = String::new();
+    writeln!(out, "store:     {}", s.store)?;
+    match &s.mount {
+        Some(m) => writeln!(
+            out,
+            "mount:     {} ({} staged, not yet committed)",
+            m.mountpoint,
+            super::bytes(m.staged_bytes)
+        )?,
+        None => writeln!(out, "mount:     not mounted")?,
+    }
+    writeln!(
+        out,
+        "entries:   {} files, {} directories, {} other, {} tombstones",
+        f.files, f.dirs, f.other_nodes, f.tombstones
+    )?;
+    writeln!(out, "chunks:    {}", f.chunks)?;
+    writeln!(
+        out,
+        "file data: {} (before dedup and compression)",
+        super::bytes(f.logical_bytes)
+    )?;
+    writeln!(
+        out,
+        "deduped:   {} (unique chunks, before compression)",
+        super::bytes(f.chunk_bytes)
+    )?;
+    writeln!(
+        out,
+        "stored:    {} (compressed frames)",
+        super::bytes(f.stored_bytes)
+    )?;
+    writeln!(out, "on disk:   {}", super::bytes(f.disk_bytes))?;
+    Ok(out)
+}
+
 pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
+    if let Some(code) = super::via_mount(home, &Request::Status { json: args.json })? {
+        return Ok(code);
+    }
     let store = home
         .open()
         .with_context(|| format!("opening the store in {}", home.root().display()))?;
-    let f = StoreFigures::compute(store.backend.as_ref())?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&f)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    println!("store:     {}", home.store_dir().display());
-    println!(
-        "entries:   {} files, {} directories, {} other, {} tombstones",
-        f.files, f.dirs, f.other_nodes, f.tombstones
-    );
-    println!("chunks:    {}", f.chunks);
-    println!(
-        "file data: {} (before dedup and compression)",
-        super::bytes(f.logical_bytes)
-    );
-    println!(
-        "deduped:   {} (unique chunks, before compression)",
-        super::bytes(f.chunk_bytes)
-    );
-    println!(
-        "stored:    {} (compressed frames)",
-        super::bytes(f.stored_bytes)
-    );
-    println!("on disk:   {}", super::bytes(f.disk_bytes));
+    let status = Status {
+        store: home.store_dir().display().to_string(),
+        mount: None,
+        figures: StoreFigures::compute(store.backend.as_ref())?,
+    };
+    print!("{}", render(&status, args.json)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,11 @@
 //! `keibi verify`.
 
+use std::fmt::Write as _;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
+use crate::control::Request;
 use crate::home::{self, Home};
 use crate::store::{self, Backend, rocks::RocksBackend};
 use crate::verify::{self, Finding, Report};
@@ -19,24 +21,28 @@ pub struct Args {
     pub json: bool,
 }
 
-fn print(report: &Report, json: bool) -> anyhow::Result<()> {
+/// Renders `report` as `keibi verify` prints it.
+pub(crate) fn render(report: &Report, json: bool) -> anyhow::Result<String> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
-        return Ok(());
+        return Ok(serde_json::to_string_pretty(report)? + "\n");
     }
+    let mut out = String::new();
     for f in &report.findings {
-        println!(
+        writeln!(
+            out,
             "{}: {}: {}\n    what to do: {}",
             f.kind, f.subject, f.detail, f.advice
-        );
+        )?;
     }
     if report.findings_total > report.findings.len() as u64 {
-        println!(
+        writeln!(
+            out,
             "... and {} more findings",
             report.findings_total - report.findings.len() as u64
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "checked {} chunks ({}, {}% sample) and {} records: {}",
         report.chunks_checked,
         super::bytes(report.chunk_bytes_checked),
@@ -47,11 +53,23 @@ fn print(report: &Report, json: bool) -> anyhow::Result<()> {
         } else {
             format!("{} problems", report.findings_total)
         }
-    );
-    Ok(())
+    )?;
+    Ok(out)
+}
+
+/// The exit code of a verify that produced `report`: 0 clean, 1 findings.
+pub(crate) fn exit_code(report: &Report) -> u8 {
+    u8::from(report.findings_total != 0)
 }
 
 pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
+    let req = Request::Verify {
+        sample_percent: args.sample.unwrap_or(100),
+        json: args.json,
+    };
+    if let Some(code) = super::via_mount(home, &req)? {
+        return Ok(code);
+    }
     let dir = home.store_dir();
     if !dir.join("CURRENT").exists() {
         return Err(home::Error::NotInitialised(home.root().to_path_buf()).into());
@@ -80,10 +98,6 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
         },
         Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {}", dir.display()))),
     };
-    print(&report, args.json)?;
-    Ok(if report.findings_total == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    print!("{}", render(&report, args.json)?);
+    Ok(ExitCode::from(exit_code(&report)))
 }

@@ -1,0 +1,145 @@
+//! `keibi mount`: open (or create) the store, mount it with FUSE, serve until unmounted,
+//! then commit everything and close the store.
+//!
+//! Threads: fuser's workers (see `crate::fuse`), the control socket's accept thread, and one
+//! signal thread that turns SIGINT, SIGTERM or SIGHUP into an unmount. All end before this
+//! command returns.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::control::{self, Request, Response};
+use crate::fuse::{self, MountOptions};
+use crate::home::{Home, InitOptions};
+use crate::status::StoreFigures;
+use crate::vfs::Vfs;
+
+/// Arguments of `keibi mount`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory to mount the shared folder on (must exist).
+    pub mountpoint: PathBuf,
+    /// Let every local user use the mount, not only the one who mounted it (FUSE
+    /// `allow_other`; a non-root user needs `user_allow_other` in /etc/fuse.conf).
+    #[arg(long)]
+    pub allow_other: bool,
+}
+
+pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
+    let mnt = &args.mountpoint;
+    let meta = std::fs::metadata(mnt)
+        .with_context(|| format!("mountpoint {}", mnt.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", mnt.display());
+    }
+    let mnt = mnt
+        .canonicalize()
+        .with_context(|| format!("mountpoint {}", mnt.display()))?;
+    if !home.store_dir().join("CURRENT").exists() {
+        let id = home
+            .init(InitOptions { encrypt: true })
+            .with_context(|| format!("creating a store in {}", home.root().display()))?;
+        eprintln!(
+            "keibi: created a store in {} (device id {id})",
+            home.root().display()
+        );
+    }
+    let store = home
+        .open()
+        .with_context(|| format!("opening the store in {}", home.root().display()))?;
+    let vfs = Arc::new(
+        Vfs::new(store.tables, store.chunks, &home.store_dir())
+            .context("recovering the store")?,
+    );
+    let mut control = control::Server::start(home.root(), live_handler(&vfs, home, &mnt))
+        .context("starting the control socket")?;
+    let opts = MountOptions {
+        allow_other: args.allow_other,
+    };
+    let session = fuse::session(Arc::clone(&vfs), &mnt, opts)
+        .with_context(|| format!("mounting on {}", mnt.display()))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    let signal_handle = signals.handle();
+    let signal_mnt = mnt.clone();
+    let signal_thread = std::thread::Builder::new()
+        .name("keibi-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(sig, "signal received: unmounting");
+                fuse::unmount_lazily(&signal_mnt);
+            }
+        })
+        .context("starting the signal thread")?;
+    eprintln!(
+        "keibi: mounted {} (home {}); stop with Ctrl-C or `fusermount3 -u {}`",
+        mnt.display(),
+        home.root().display(),
+        mnt.display()
+    );
+    let served = session.run();
+    signal_handle.close();
+    let _ = signal_thread.join();
+    control.stop();
+    let closed = vfs.shutdown();
+    served.with_context(|| format!("serving {}", mnt.display()))?;
+    closed.context("committing open files at unmount")?;
+    eprintln!("keibi: unmounted {}", mnt.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves control requests against the live store of this mount.
+fn live_handler(vfs: &Arc<Vfs>, home: &Home, mnt: &Path) -> Arc<control::Handler> {
+    let vfs = Arc::clone(vfs);
+    let store_dir = home.store_dir().display().to_string();
+    let mountpoint = mnt.display().to_string();
+    Arc::new(move |req: Request| {
+        let answered = match req {
+            Request::Status { json } => StoreFigures::compute(vfs.tables().backend().as_ref())
+                .map_err(anyhow::Error::from)
+                .and_then(|figures| {
+                    let s = super::status::Status {
+                        store: store_dir.clone(),
+                        mount: Some(super::status::MountFigures {
+                            mountpoint: mountpoint.clone(),
+                            staged_bytes: vfs.staged_bytes(),
+                        }),
+                        figures,
+                    };
+                    super::status::render(&s, json)
+                })
+                .map(|out| (0, out)),
+            Request::Gc { dry_run, json } => {
+                super::gc::collect(vfs.chunks(), &|| vfs.staged_chunks(), dry_run, json)
+                    .map(|out| (0, out))
+            }
+            Request::Verify {
+                sample_percent,
+                json,
+            } => {
+                let opts = crate::verify::Options {
+                    sample_percent: sample_percent.clamp(1, 100),
+                    progress: false,
+                };
+                let report = crate::verify::run(
+                    vfs.tables().backend().as_ref(),
+                    vfs.chunks().cipher(),
+                    opts,
+                );
+                super::verify::render(&report, json)
+                    .map(|out| (super::verify::exit_code(&report), out))
+            }
+        };
+        match answered {
+            Ok((exit_code, output)) => Response { exit_code, output },
+            Err(e) => Response {
+                exit_code: 2,
+                output: format!("keibi: error: {e:#}\n"),
+            },
+        }
+    })
+}

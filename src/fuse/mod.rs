@@ -1,0 +1,182 @@
+//! The FUSE adapter: the only module that knows fuser. It turns kernel requests into calls on
+//! the [`Vfs`] core and the core's answers (or errors, through [`errno`]) back into replies.
+//!
+//! Threads: fuser's session loop runs [`THREADS`] worker threads, each reading requests from
+//! its own clone of the `/dev/fuse` descriptor and calling the (synchronous, internally
+//! locked) vfs core directly. The worker count bounds the requests in progress; the kernel
+//! queues the rest, which is the backpressure. Shutdown: when the filesystem is unmounted
+//! (`fusermount3 -u`, a signal handled by the caller, or the process dying with
+//! `auto_unmount`), the loop ends and [`KeibiFs`]'s `destroy` commits every open file.
+//!
+//! Cache policy: entries and attributes are cached by the kernel for [`TTL`]; every local
+//! change passes through this adapter, whose replies carry the new attributes, so the kernel
+//! never keeps a stale nlink, ctime or size. A failed lookup is answered with ENOENT and
+//! never cached (no negative dentries), so a file that appears later is found at once.
+//! Page-cache data is kept across opens; changes from peers invalidate it explicitly.
+
+pub mod errno;
+mod ops;
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::tree::Kind;
+use crate::vfs::{self, Vfs};
+
+pub use ops::KeibiFs;
+
+/// How long the kernel may cache an entry or attributes before asking again.
+pub const TTL: Duration = Duration::from_secs(1);
+/// Worker threads serving kernel requests.
+pub const THREADS: usize = 8;
+/// Largest write request the kernel may send, in bytes.
+pub const MAX_WRITE_BYTES: u32 = 1024 * 1024;
+
+/// How to mount.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MountOptions {
+    /// Let every user reach the mount (`allow_other`), not only the one who mounted it.
+    pub allow_other: bool,
+}
+
+/// Mounts `vfs` at `mountpoint`. The session serves nothing until it is run.
+///
+/// # Errors
+/// The mount failed: the mountpoint is missing or busy, `/dev/fuse` or `fusermount3` is
+/// absent, or `allow_other` is not permitted.
+pub fn session(
+    vfs: Arc<Vfs>,
+    mountpoint: &Path,
+    opts: MountOptions,
+) -> io::Result<fuser::Session<KeibiFs>> {
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("keibi".into()),
+        fuser::MountOption::Subtype("keibi".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+        fuser::MountOption::AutoUnmount,
+    ];
+    // auto_unmount needs fusermount3 to be allowed at least allow_root; as root (or with
+    // user_allow_other in /etc/fuse.conf) that always holds.
+    config.acl = if opts.allow_other {
+        fuser::SessionACL::All
+    } else {
+        fuser::SessionACL::RootAndOwner
+    };
+    config.n_threads = Some(THREADS);
+    config.clone_fd = true;
+    fuser::Session::new(KeibiFs::new(vfs), mountpoint, &config)
+}
+
+/// Detaches the mount at `mountpoint` (`fusermount3 -u -z`): it disappears from the namespace
+/// at once and the session ends when the last open file on it is closed. Failures are
+/// logged: the caller has no better recourse than the user's own `fusermount3 -u`.
+pub fn unmount_lazily(mountpoint: &Path) {
+    let out = std::process::Command::new("fusermount3")
+        .args(["-u", "-z", "--"])
+        .arg(mountpoint)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => tracing::error!(
+            mountpoint = %mountpoint.display(),
+            stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+            "fusermount3 -u failed"
+        ),
+        Err(e) => tracing::error!(error = %e, "fusermount3 could not be run"),
+    }
+}
+
+fn file_type(kind: Kind) -> fuser::FileType {
+    match kind {
+        Kind::File => fuser::FileType::RegularFile,
+        Kind::Dir => fuser::FileType::Directory,
+        Kind::Symlink => fuser::FileType::Symlink,
+        Kind::Fifo => fuser::FileType::NamedPipe,
+        Kind::Socket => fuser::FileType::Socket,
+        Kind::CharDevice => fuser::FileType::CharDevice,
+        Kind::BlockDevice => fuser::FileType::BlockDevice,
+    }
+}
+
+/// The kind of a node from the file-type bits of a `mknod` mode.
+fn kind_of_mode(mode: u32) -> Option<Kind> {
+    match mode & nix::libc::S_IFMT {
+        m if m == nix::libc::S_IFREG || m == 0 => Some(Kind::File),
+        m if m == nix::libc::S_IFIFO => Some(Kind::Fifo),
+        m if m == nix::libc::S_IFSOCK => Some(Kind::Socket),
+        m if m == nix::libc::S_IFCHR => Some(Kind::CharDevice),
+        m if m == nix::libc::S_IFBLK => Some(Kind::BlockDevice),
+        _ => None,
+    }
+}
+
+fn file_attr(a: &vfs::Attr) -> fuser::FileAttr {
+    fuser::FileAttr {
+        ino: fuser::INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.atime.into(),
+        mtime: a.mtime.into(),
+        ctime: a.ctime.into(),
+        crtime: a.ctime.into(),
+        kind: file_type(a.kind),
+        // The mask keeps the permission and set-id bits, which fit in 16 bits.
+        perm: u16::try_from(a.perm & 0o7777).unwrap_or(0),
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        // Linux device numbers in FUSE replies are 32 bits (the kernel's old encoding).
+        rdev: u32::try_from(a.rdev).unwrap_or(u32::MAX),
+        blksize: vfs::BLKSIZE,
+        flags: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mknod_modes_map_to_kinds() {
+        use nix::libc;
+        assert_eq!(kind_of_mode(libc::S_IFREG | 0o644), Some(Kind::File));
+        assert_eq!(kind_of_mode(0o644), Some(Kind::File));
+        assert_eq!(kind_of_mode(libc::S_IFIFO | 0o600), Some(Kind::Fifo));
+        assert_eq!(kind_of_mode(libc::S_IFSOCK), Some(Kind::Socket));
+        assert_eq!(kind_of_mode(libc::S_IFCHR), Some(Kind::CharDevice));
+        assert_eq!(kind_of_mode(libc::S_IFBLK), Some(Kind::BlockDevice));
+        assert_eq!(kind_of_mode(libc::S_IFDIR), None);
+        assert_eq!(kind_of_mode(libc::S_IFLNK), None);
+    }
+
+    #[test]
+    fn attributes_keep_set_id_bits_and_times() {
+        let a = vfs::Attr {
+            ino: 7,
+            kind: Kind::File,
+            size: 5,
+            blocks: 1,
+            atime: crate::tree::Timestamp { secs: 1, nanos: 2 },
+            mtime: crate::tree::Timestamp { secs: 3, nanos: 4 },
+            ctime: crate::tree::Timestamp { secs: 5, nanos: 6 },
+            perm: 0o4755,
+            nlink: 1,
+            uid: 10,
+            gid: 20,
+            rdev: 0,
+        };
+        let f = file_attr(&a);
+        assert_eq!(f.perm, 0o4755);
+        assert_eq!(f.ino, fuser::INodeNo(7));
+        assert_eq!(
+            f.mtime,
+            std::time::UNIX_EPOCH + Duration::new(3, 4),
+            "mtime keeps nanoseconds"
+        );
+        assert_eq!(f.kind, fuser::FileType::RegularFile);
+    }
+}
