@@ -1,0 +1,202 @@
+//! A real `keibi mount` process for integration tests, and the guard that always unmounts it.
+//!
+//! Every test that mounts starts with [`fuse_available`]: without `/dev/fuse` it prints why it
+//! is skipped and returns. A [`Mount`] unmounts (lazily) and kills its process when dropped,
+//! so a failing assertion never leaves a mount behind.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// Longest wait for a mount to appear or a mount process to end.
+const WAIT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(20);
+
+/// The keibi binary under test.
+pub fn keibi_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_keibi")
+}
+
+/// Whether this machine can mount FUSE filesystems; prints the reason when it cannot.
+pub fn fuse_available(test: &str) -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: /dev/fuse is absent on this machine, nothing can be mounted");
+    false
+}
+
+/// Runs `keibi ARGS --home HOME` and returns (exit code, stdout, stderr).
+pub fn keibi(home: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(keibi_bin())
+        .args(args)
+        .arg("--home")
+        .arg(home)
+        .output()
+        .expect("run keibi");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.get(4) == Some(&want.as_ref()) && l.contains(" - fuse.keibi ")
+    })
+}
+
+/// A running `keibi mount` on a mountpoint of its own.
+pub struct Mount {
+    home: PathBuf,
+    mountpoint: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    /// Temporary home and mountpoint owned by this mount, removed after it unmounts.
+    dirs: Option<(TempDir, TempDir)>,
+}
+
+impl Mount {
+    /// Mounts a new store in fresh temporary directories.
+    pub fn new() -> Self {
+        let home = tempfile::tempdir().expect("home dir");
+        let mnt = tempfile::tempdir().expect("mount dir");
+        let mut m = Self::at(home.path(), mnt.path());
+        m.dirs = Some((home, mnt));
+        m
+    }
+
+    /// Mounts the store of `home` on `mountpoint` (the caller keeps both directories).
+    pub fn at(home: &Path, mountpoint: &Path) -> Self {
+        Self::with_args(home, mountpoint, &[])
+    }
+
+    /// As [`Self::at`], with extra arguments for `keibi mount`.
+    pub fn with_args(home: &Path, mountpoint: &Path, extra: &[&str]) -> Self {
+        let mountpoint = mountpoint.canonicalize().expect("mountpoint");
+        let log = home.with_extension("mount.log");
+        let err = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(keibi_bin())
+            .arg("mount")
+            .arg(&mountpoint)
+            .args(extra)
+            .arg("--home")
+            .arg(home)
+            .env("KEIBI_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn keibi mount");
+        let mut m = Self {
+            home: home.to_path_buf(),
+            mountpoint,
+            child: Some(child),
+            log,
+            dirs: None,
+        };
+        m.wait_mounted();
+        m
+    }
+
+    fn wait_mounted(&mut self) {
+        let start = Instant::now();
+        while !is_mounted(&self.mountpoint) {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("keibi mount exited with {status}: {}", self.log_text());
+            }
+            assert!(start.elapsed() < WAIT, "not mounted after {WAIT:?}: {}", self.log_text());
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// The mounted directory.
+    pub fn path(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// The home directory of the store.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// What the mount process wrote to standard error.
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// The process id of the mount.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits for the mount process to end (after a signal or an unmount).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(!is_mounted(&self.mountpoint), "still mounted after exit");
+                return status;
+            }
+            if start.elapsed() > WAIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("keibi mount did not exit: {}", self.log_text());
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Sends `signal` to the mount process.
+    pub fn send(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid()).expect("pid"));
+        nix::sys::signal::kill(pid, signal).expect("signal");
+    }
+
+    /// Sends `signal` to the mount process and waits for it to end.
+    pub fn signal(&mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
+        self.send(signal);
+        self.wait_exit()
+    }
+
+    /// Unmounts cleanly (SIGTERM) and waits; the mount must exit with success.
+    pub fn stop(mut self) {
+        let status = self.signal(nix::sys::signal::Signal::SIGTERM);
+        assert!(status.success(), "mount exited {status}: {}", self.log_text());
+    }
+
+    /// Kills the mount process with SIGKILL: nothing is committed on the way out.
+    pub fn kill(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z", "--"])
+                .arg(&self.mountpoint)
+                .output();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        drop(self.dirs.take());
+    }
+}
