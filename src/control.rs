@@ -114,9 +114,7 @@ pub fn call(home: &Path, req: &Request) -> Result<Option<Response>, Error> {
     stream.write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();
     // No read timeout: a verify of a large store takes as long as it takes.
-    BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(io)?;
+    BufReader::new(stream).read_line(&mut answer).map_err(io)?;
     serde_json::from_str(&answer)
         .map(Some)
         .map_err(|e| Error::Protocol {

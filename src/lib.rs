@@ -17,9 +17,9 @@
 //! - [`cli`]: the `keibi` command line.
 
 pub mod chunk;
-pub mod fuse;
 pub mod cli;
 pub mod control;
+pub mod fuse;
 pub mod gc;
 pub mod home;
 pub mod id;

@@ -1,9 +1,6 @@
 //! `keibi mount` for real: a FUSE mount driven with plain `std::fs`, checked byte for byte and
 //! attribute by attribute, then unmounted, remounted and verified.
-#![expect(
-    clippy::expect_used,
-    reason = "test code fails loudly on setup errors"
-)]
+#![expect(clippy::expect_used, reason = "test code fails loudly on setup errors")]
 
 mod mounted;
 
@@ -29,8 +26,8 @@ fn assert_file(path: &Path, want: &[u8]) {
 }
 
 #[test]
-fn files_directories_and_attributes_behave_as_posix_says() {
-    if !fuse_available("files_directories_and_attributes_behave_as_posix_says") {
+fn file_contents_follow_every_write_and_truncate() {
+    if !fuse_available("file_contents_follow_every_write_and_truncate") {
         return;
     }
     let m = Mount::new();
@@ -72,6 +69,19 @@ fn files_directories_and_attributes_behave_as_posix_says() {
     File::create(root.join("empty")).expect("create");
     assert_file(&root.join("empty"), b"");
 
+    m.stop();
+}
+
+#[test]
+fn namespace_operations_and_attributes_behave_as_posix_says() {
+    if !fuse_available("namespace_operations_and_attributes_behave_as_posix_says") {
+        return;
+    }
+    let m = Mount::new();
+    let root = m.path();
+    fs::write(root.join("empty"), b"").expect("create");
+    fs::write(root.join("a.bin"), b"short").expect("create");
+
     // Directories, rename of files and directories, unlink, rmdir.
     fs::create_dir_all(root.join("d1/d2/d3")).expect("mkdir -p");
     fs::write(root.join("d1/d2/d3/f"), b"deep").expect("write");
@@ -84,7 +94,9 @@ fn files_directories_and_attributes_behave_as_posix_says() {
     fs::rename(root.join("moved/a.bin"), root.join("victim")).expect("rename over");
     assert_file(&root.join("victim"), b"short");
     assert_eq!(
-        fs::remove_dir(root.join("moved")).expect_err("not empty").raw_os_error(),
+        fs::remove_dir(root.join("moved"))
+            .expect_err("not empty")
+            .raw_os_error(),
         Some(nix::libc::ENOTEMPTY)
     );
     fs::remove_file(root.join("moved/d3/f")).expect("unlink");
@@ -108,14 +120,25 @@ fn files_directories_and_attributes_behave_as_posix_says() {
 
     // Symlinks.
     std::os::unix::fs::symlink("victim", root.join("link")).expect("symlink");
-    assert_eq!(fs::read_link(root.join("link")).expect("readlink"), Path::new("victim"));
+    assert_eq!(
+        fs::read_link(root.join("link")).expect("readlink"),
+        Path::new("victim")
+    );
     assert_file(&root.join("link"), b"short");
-    assert!(fs::symlink_metadata(root.join("link")).expect("lstat").file_type().is_symlink());
+    assert!(
+        fs::symlink_metadata(root.join("link"))
+            .expect("lstat")
+            .file_type()
+            .is_symlink()
+    );
 
     // chmod, exec bits, utimens.
     let v = root.join("victim");
     fs::set_permissions(&v, fs::Permissions::from_mode(0o751)).expect("chmod");
-    assert_eq!(fs::metadata(&v).expect("stat").permissions().mode() & 0o7777, 0o751);
+    assert_eq!(
+        fs::metadata(&v).expect("stat").permissions().mode() & 0o7777,
+        0o751
+    );
     let when = SystemTime::UNIX_EPOCH + Duration::new(1_500_000_000, 123_456_789);
     File::options()
         .write(true)
@@ -128,21 +151,33 @@ fn files_directories_and_attributes_behave_as_posix_says() {
     assert_eq!(md.mtime_nsec(), 123_456_789);
 
     // A fifo, a long name, and a name one byte too long.
-    nix::unistd::mkfifo(&root.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o600))
-        .expect("mkfifo");
-    assert!(fs::metadata(root.join("fifo")).expect("stat").file_type().is_fifo());
+    nix::unistd::mkfifo(
+        &root.join("fifo"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .expect("mkfifo");
+    assert!(
+        fs::metadata(root.join("fifo"))
+            .expect("stat")
+            .file_type()
+            .is_fifo()
+    );
     let long = "n".repeat(255);
     fs::write(root.join(&long), b"long name").expect("255-byte name");
     assert_file(&root.join(&long), b"long name");
     let too_long = "n".repeat(256);
     assert_eq!(
-        fs::write(root.join(&too_long), b"x").expect_err("256").raw_os_error(),
+        fs::write(root.join(&too_long), b"x")
+            .expect_err("256")
+            .raw_os_error(),
         Some(nix::libc::ENAMETOOLONG)
     );
 
     // Hard links are refused, by design.
     assert_eq!(
-        fs::hard_link(&v, root.join("hard")).expect_err("link").raw_os_error(),
+        fs::hard_link(&v, root.join("hard"))
+            .expect_err("link")
+            .raw_os_error(),
         Some(nix::libc::EPERM)
     );
     m.stop();
@@ -187,7 +222,10 @@ fn sparse_and_large_files_read_back_exactly() {
     let (code, out, err) = keibi(m.home(), &["status", "--json"]);
     assert_eq!(code, 0, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert!(v["stored_bytes"].as_u64().expect("stored") < 1 << 20, "{out}");
+    assert!(
+        v["stored_bytes"].as_u64().expect("stored") < 1 << 20,
+        "{out}"
+    );
     m.stop();
 }
 
@@ -284,13 +322,19 @@ fn files_persist_across_remounts_and_verify_clean() {
         fs::write(&p, data).expect("write");
     }
     fs::write(m.path().join("script.sh"), b"#!/bin/sh\necho ran\n").expect("write");
-    fs::set_permissions(m.path().join("script.sh"), fs::Permissions::from_mode(0o755))
-        .expect("chmod");
+    fs::set_permissions(
+        m.path().join("script.sh"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
 
     // While mounted, status, verify and gc go through the control socket.
     let (code, out, err) = keibi(home.path(), &["status"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains(&format!("mount:     {}", m.path().display())), "{out}");
+    assert!(
+        out.contains(&format!("mount:     {}", m.path().display())),
+        "{out}"
+    );
     let (code, out, err) = keibi(home.path(), &["verify"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("no problems"), "{out}");
@@ -336,7 +380,8 @@ fn sigterm_commits_open_files_and_kill_keeps_every_fsynced_byte() {
     let mut f = File::create(m.path().join("open-at-sigterm")).expect("create");
     f.write_all(&first[..1_000_000]).expect("write");
     m.send(nix::sys::signal::Signal::SIGTERM);
-    f.write_all(&first[1_000_000..]).expect("write after detach");
+    f.write_all(&first[1_000_000..])
+        .expect("write after detach");
     drop(f);
     let status = m.wait_exit();
     assert!(status.success(), "{}", m.log_text());

@@ -76,8 +76,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// Sends `req` to the mount running on `home`, if there is one, and prints its answer.
 /// `None` when no mount runs: the caller then opens the store itself.
 fn via_mount(home: &Home, req: &crate::control::Request) -> anyhow::Result<Option<ExitCode>> {
-    let answer = crate::control::call(home.root(), req)
-        .context("asking the running `keibi mount`")?;
+    let answer =
+        crate::control::call(home.root(), req).context("asking the running `keibi mount`")?;
     Ok(answer.map(|a| {
         print!("{}", a.output);
         ExitCode::from(a.exit_code)

@@ -31,8 +31,7 @@ pub struct Args {
 
 pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     let mnt = &args.mountpoint;
-    let meta = std::fs::metadata(mnt)
-        .with_context(|| format!("mountpoint {}", mnt.display()))?;
+    let meta = std::fs::metadata(mnt).with_context(|| format!("mountpoint {}", mnt.display()))?;
     if !meta.is_dir() {
         bail!("mountpoint {} is not a directory", mnt.display());
     }
@@ -52,8 +51,7 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
         .open()
         .with_context(|| format!("opening the store in {}", home.root().display()))?;
     let vfs = Arc::new(
-        Vfs::new(store.tables, store.chunks, &home.store_dir())
-            .context("recovering the store")?,
+        Vfs::new(store.tables, store.chunks, &home.store_dir()).context("recovering the store")?,
     );
     let mut control = control::Server::start(home.root(), live_handler(&vfs, home, &mnt))
         .context("starting the control socket")?;
@@ -81,7 +79,14 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
         home.root().display(),
         mnt.display()
     );
-    let served = session.run();
+    let served = session.run().or_else(|e| {
+        // The kernel ends a session with ENODEV, or ECONNABORTED when the connection was
+        // torn down (a lazy unmount, `umount -f`): both mean the mount is gone.
+        match e.raw_os_error() {
+            Some(nix::libc::ENODEV | nix::libc::ECONNABORTED) => Ok(()),
+            _ => Err(e),
+        }
+    });
     signal_handle.close();
     let _ = signal_thread.join();
     control.stop();

@@ -46,13 +46,12 @@ mod tests {
             (Error::TooBig, Errno::EFBIG),
             (Error::NoSpace("full".into()), Errno::ENOSPC),
             (
-                Error::Chunk(Arc::new(chunk::Error::Missing(crate::id::ChunkId::of(b"x")))),
+                Error::Chunk(Arc::new(chunk::Error::Missing(crate::id::ChunkId::of(
+                    b"x",
+                )))),
                 Errno::EIO,
             ),
-            (
-                Error::Store(store::Error::Io("disk".into())),
-                Errno::EIO,
-            ),
+            (Error::Store(store::Error::Io("disk".into())), Errno::EIO),
         ];
         for (e, want) in cases {
             assert_eq!(of(&e), want, "{e}");
@@ -62,5 +61,4 @@ mod tests {
         assert_eq!(of(&Error::NotEmpty).code(), 39);
         assert_eq!(of(&Error::NoSpace(String::new())).code(), 28);
     }
-
 }

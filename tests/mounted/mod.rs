@@ -116,7 +116,11 @@ impl Mount {
             {
                 panic!("keibi mount exited with {status}: {}", self.log_text());
             }
-            assert!(start.elapsed() < WAIT, "not mounted after {WAIT:?}: {}", self.log_text());
+            assert!(
+                start.elapsed() < WAIT,
+                "not mounted after {WAIT:?}: {}",
+                self.log_text()
+            );
             std::thread::sleep(POLL);
         }
     }
@@ -151,7 +155,11 @@ impl Mount {
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
-                assert!(!is_mounted(&self.mountpoint), "still mounted after exit");
+                // After SIGKILL, fusermount3 (auto_unmount) removes the mount a moment later.
+                while is_mounted(&self.mountpoint) {
+                    assert!(start.elapsed() < WAIT, "still mounted {WAIT:?} after exit");
+                    std::thread::sleep(POLL);
+                }
                 return status;
             }
             if start.elapsed() > WAIT {
@@ -178,7 +186,11 @@ impl Mount {
     /// Unmounts cleanly (SIGTERM) and waits; the mount must exit with success.
     pub fn stop(mut self) {
         let status = self.signal(nix::sys::signal::Signal::SIGTERM);
-        assert!(status.success(), "mount exited {status}: {}", self.log_text());
+        assert!(
+            status.success(),
+            "mount exited {status}: {}",
+            self.log_text()
+        );
     }
 
     /// Kills the mount process with SIGKILL: nothing is committed on the way out.
