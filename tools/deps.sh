@@ -17,3 +17,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+
+# pjdfstest, the POSIX conformance suite tests/posix.rs runs against a mount. Built once into
+# the persistent target directory (about a minute), then reused.
+target="${CARGO_TARGET_DIR:-$HOME/.cache/keibi-target}"
+pjdfstest="$target/tools/bin/pjdfstest"
+if [ ! -x "$pjdfstest" ]; then
+  echo "installing pjdfstest into $target/tools" >&2
+  CARGO_TARGET_DIR="$target/tools-build" cargo install --quiet --locked \
+    --root "$target/tools" pjdfstest --version 0.2.2
+fi

@@ -3,8 +3,9 @@
 # Ends with one line counting every test that ran.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keibi-target}"
+bash tools/deps.sh
+export KEIBI_PJDFSTEST="$CARGO_TARGET_DIR/tools/bin/pjdfstest"
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 log=$(mktemp)
