@@ -60,6 +60,9 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     };
     let session = fuse::session(Arc::clone(&vfs), &mnt, opts)
         .with_context(|| format!("mounting on {}", mnt.display()))?;
+    if let Err(e) = fuse::raise_readahead(&mnt) {
+        tracing::info!(error = %e, "kernel readahead left at its default");
+    }
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
         .context("installing signal handlers")?;
     let signal_handle = signals.handle();

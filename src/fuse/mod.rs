@@ -27,8 +27,12 @@ use crate::vfs::{self, Vfs};
 
 pub use ops::KeibiFs;
 
-/// How long the kernel may cache an entry or attributes before asking again.
-pub const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache an entry or attributes before asking again. Every local
+/// change passes through the adapter, whose replies refresh the kernel's copy, and changes
+/// from peers invalidate it explicitly; so the timeout only bounds how long a missed
+/// invalidation could show stale attributes. A long one lets `git status` stat a whole tree
+/// without a request per file.
+pub const TTL: Duration = Duration::from_secs(60);
 /// Worker threads serving kernel requests.
 pub const THREADS: usize = 8;
 /// Largest write request the kernel may send, in bytes.
@@ -69,6 +73,33 @@ pub fn session(
     config.n_threads = Some(THREADS);
     config.clone_fd = true;
     fuser::Session::new(KeibiFs::new(vfs), mountpoint, &config)
+}
+
+/// Kernel readahead for the mount, in KiB. The default of 128 KiB splits a sequential read
+/// into 128 KiB requests; 4 MiB lets the kernel ask for whole 1 MiB requests ahead of the
+/// reader (1 GiB cold `dd` here: 572 MB/s at 128 KiB, 1.0 GB/s at 4 MiB).
+pub const READ_AHEAD_KB: u32 = 4096;
+
+/// Raises the kernel's readahead for the FUSE mount at `mountpoint` to [`READ_AHEAD_KB`]
+/// through `/sys/class/bdi` (root only). Finds the device in `/proc/self/mountinfo`, as a
+/// `stat` of the mountpoint would wait for the session to serve it.
+///
+/// # Errors
+/// The mount is not listed, or the setting cannot be written (not root).
+pub fn raise_readahead(mountpoint: &Path) -> io::Result<()> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let want = mountpoint.to_string_lossy();
+    let device = info
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|f| f.get(4).is_some_and(|m| *m == want.as_ref()))
+        .filter_map(|f| f.get(2).map(|d| (*d).to_string()))
+        .next_back()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "mount not in mountinfo"))?;
+    std::fs::write(
+        format!("/sys/class/bdi/{device}/read_ahead_kb"),
+        READ_AHEAD_KB.to_string(),
+    )
 }
 
 /// Detaches the mount at `mountpoint` (`fusermount3 -u -z`): it disappears from the namespace

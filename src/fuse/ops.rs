@@ -499,6 +499,22 @@ impl fuser::Filesystem for KeibiFs {
         reply.error(Errno::ENOSYS);
     }
 
+    /// No ioctl is supported: ENOTTY, what a terminal check (`isatty`, which Python runs on
+    /// every `open`) expects from a regular file. The default would log every call.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
+    }
+
     // SEEK_DATA/SEEK_HOLE and copy_file_range: ENOSYS makes the kernel fall back to its
     // generic code (the whole file is data; copies go through read and write).
 

@@ -368,6 +368,9 @@ impl Vfs {
                 st.load(idx, &self.chunks)?;
             }
             st.seal_slot(idx, &self.sealer);
+            // A commit of many overlays loads each chunk whole: keep only a bounded number
+            // of them in memory, not the whole file's.
+            st.bound_sealing();
         }
         Self::wait_sealed(st)?;
         st.sealing.clear();

@@ -230,7 +230,7 @@ impl FileState {
             let from = (cstart + s - offset) as usize;
             #[expect(clippy::cast_possible_truncation, reason = "within one chunk")]
             let (s, e) = (s as usize, e as usize);
-            if self.write_overlay(idx, s, &data[from..from + (e - s)], chunks)? {
+            if self.write_overlay(idx, s, &data[from..from + (e - s)], chunks, sealer)? {
                 continue;
             }
             let buf = self.load(idx, chunks)?;
@@ -279,6 +279,7 @@ impl FileState {
         start: usize,
         data: &[u8],
         chunks: &ChunkStore,
+        sealer: &Sealer,
     ) -> Result<bool> {
         let committed = idx < self.base.len() as u64
             && chunk_len(self.committed_size, idx) == chunk_len(self.size, idx);
@@ -294,15 +295,16 @@ impl FileState {
                 let mut o = Overlay::default();
                 o.write(start, data);
                 self.slots.insert(idx, Slot::Overlay(o));
-                self.relieve_overlays(chunks).map(|()| true)
+                self.relieve_overlays(chunks, sealer).map(|()| true)
             }
             Some(Slot::Buffer(_) | Slot::Sealing(_) | Slot::Sealed(_)) | None => Ok(false),
         }
     }
 
-    /// Turns overlays into buffers (oldest indices first) while they hold more than
-    /// [`OVERLAY_BYTES_PER_FILE_MAX`].
-    fn relieve_overlays(&mut self, chunks: &ChunkStore) -> Result<()> {
+    /// Turns overlays into sealed chunks (oldest indices first) while they hold more than
+    /// [`OVERLAY_BYTES_PER_FILE_MAX`], keeping at most [`STAGED_BUFFERS_PER_FILE_MAX`] of
+    /// them in memory at once.
+    fn relieve_overlays(&mut self, chunks: &ChunkStore, sealer: &Sealer) -> Result<()> {
         let mut total: usize = self
             .slots
             .values()
@@ -325,8 +327,29 @@ impl FileState {
                 total -= o.bytes();
             }
             self.load(idx, chunks)?;
+            self.seal_slot(idx, sealer);
+            self.bound_sealing();
         }
         Ok(())
+    }
+
+    /// Frees finished seal jobs, then waits for the oldest ones while more than
+    /// [`STAGED_BUFFERS_PER_FILE_MAX`] chunks of this file are being sealed: each holds a
+    /// whole chunk in memory until it is stored. A failed job stays for the commit to report.
+    pub fn bound_sealing(&mut self) {
+        self.reap_sealed();
+        if self.sealing.len() <= STAGED_BUFFERS_PER_FILE_MAX {
+            return;
+        }
+        let excess = self.sealing.len() - STAGED_BUFFERS_PER_FILE_MAX / 2;
+        let oldest: Vec<u64> = self.sealing.iter().take(excess).copied().collect();
+        for idx in oldest {
+            if let Some(Slot::Sealing(job)) = self.slots.get(&idx) {
+                // The outcome is kept in the job: reap or the commit reads it.
+                let _ = job.wait();
+            }
+        }
+        self.reap_sealed();
     }
 
     /// Sends buffer `idx` to the seal pool.
