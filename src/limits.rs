@@ -41,6 +41,9 @@ pub const SEAL_QUEUE_JOBS_MAX: usize = 8;
 /// Seal workers per core (two per core measured slower: they contend with RocksDB's
 /// flush thread).
 pub const SEAL_WORKERS_PER_CORE: usize = 1;
+/// Chunks written without the write-ahead log and not yet persisted; past this the writer
+/// persists them (flushes the chunk tables) itself. 4096 chunks is 2 GiB of file data.
+pub const UNLOGGED_CHUNKS_MAX: usize = 4096;
 /// Prefetch jobs queued for the seal pool; prefetches past this are dropped, not queued.
 pub const PREFETCH_QUEUE_JOBS_MAX: usize = 4;
 /// Chunks read ahead of a sequential reader.

@@ -389,7 +389,9 @@ fn sigterm_commits_open_files_and_kill_keeps_every_fsynced_byte() {
     // kill -9 after fsync: the fsynced bytes survive; the store verifies clean.
     let m = Mount::at(home.path(), mnt.path());
     assert_file(&m.path().join("open-at-sigterm"), &first);
-    let synced = noise(700_000, 8);
+    // Several whole chunks: sealed while written, without the write-ahead log, and
+    // persisted by the fsync before its record.
+    let synced = noise(3 * 524_288 + 700_000, 8);
     let mut f = File::create(m.path().join("fsynced")).expect("create");
     f.write_all(&synced).expect("write");
     f.sync_all().expect("fsync");

@@ -24,6 +24,7 @@ use parking_lot::Mutex;
 use crate::id::ChunkId;
 use crate::limits::{
     CHUNK_BYTES, CHUNK_BYTES_U64, CHUNK_CACHE_ENTRIES_MAX, GC_PROTECTED_CHUNKS_MAX,
+    UNLOGGED_CHUNKS_MAX,
 };
 use crate::store::{self, Backend, Batch, Cf, Durability, keys};
 
@@ -97,6 +98,10 @@ pub struct ChunkStore {
     cache: Mutex<LruCache<ChunkId, Arc<Vec<u8>>>>,
     /// gc coordination; writers hold it only to insert into the protected set.
     gc: Mutex<GcGuard>,
+    /// Chunks written without the write-ahead log ([`Durability::Unlogged`]) and not yet
+    /// persisted: a commit that references one persists them first. At most
+    /// [`UNLOGGED_CHUNKS_MAX`]; the put that would pass it persists instead.
+    unlogged: Mutex<HashSet<ChunkId>>,
 }
 
 impl ChunkStore {
@@ -109,6 +114,7 @@ impl ChunkStore {
             cipher,
             cache: Mutex::new(LruCache::new(entries)),
             gc: Mutex::new(GcGuard::default()),
+            unlogged: Mutex::new(HashSet::new()),
         }
     }
 
@@ -159,7 +165,7 @@ impl ChunkStore {
     /// # Errors
     /// Store errors.
     pub fn put_with_id(&self, id: ChunkId, data: &[u8]) -> Result<(), Error> {
-        self.store_frame(id, data)?;
+        self.store_frame(id, data, Durability::Buffered)?;
         self.cache.lock().put(id, Arc::new(data.to_vec()));
         Ok(())
     }
@@ -170,14 +176,72 @@ impl ChunkStore {
     /// Store errors.
     pub fn put_shared(&self, data: Arc<Vec<u8>>) -> Result<ChunkId, Error> {
         let id = ChunkId::of(&data);
-        self.store_frame(id, &data)?;
+        self.store_frame(id, &data, Durability::Buffered)?;
         self.cache.lock().put(id, data);
         Ok(id)
     }
 
-    fn store_frame(&self, id: ChunkId, data: &[u8]) -> Result<(), Error> {
+    /// As [`Self::put_shared`], but the chunk bypasses the write-ahead log, so its bytes are
+    /// written to disk once instead of twice. Until [`Self::persist_unlogged`] runs, a crash
+    /// loses it: whoever references it in a record must call that first (a commit does).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn put_shared_unlogged(&self, data: Arc<Vec<u8>>) -> Result<ChunkId, Error> {
+        let id = ChunkId::of(&data);
+        // Listed before the write, so a commit that finds the chunk stored also finds it here.
+        let full = {
+            let mut u = self.unlogged.lock();
+            u.insert(id);
+            u.len() > UNLOGGED_CHUNKS_MAX
+        };
+        // Kept listed even when it was stored before: another writer may have written it
+        // unlogged a moment ago. Persisting a chunk that needed none costs one flush.
+        self.store_frame(id, &data, Durability::Unlogged)?;
+        self.cache.lock().put(id, data);
+        if full {
+            self.persist_all_unlogged()?;
+        }
+        Ok(id)
+    }
+
+    /// Makes every chunk of `ids` that was written unlogged survive a crash (by flushing the
+    /// chunk tables), so that a record referencing them can be committed.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn persist_unlogged<'a>(
+        &self,
+        mut ids: impl Iterator<Item = &'a ChunkId>,
+    ) -> Result<(), Error> {
+        let pending = {
+            let u = self.unlogged.lock();
+            !u.is_empty() && ids.any(|id| u.contains(id))
+        };
+        if pending {
+            self.persist_all_unlogged()?;
+        }
+        Ok(())
+    }
+
+    fn persist_all_unlogged(&self) -> Result<(), Error> {
+        let written: Vec<ChunkId> = self.unlogged.lock().iter().copied().collect();
+        // Bodies first, then the index: a crash between the two leaves a chunk without an
+        // index entry (rewritten by the next put), never an index entry without its chunk.
+        self.backend.persist(Cf::Chunks)?;
+        self.backend.persist(Cf::ChunkIndex)?;
+        let mut u = self.unlogged.lock();
+        for id in &written {
+            u.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Writes the frame of `id` unless it is stored; returns whether it wrote.
+    fn store_frame(&self, id: ChunkId, data: &[u8], durability: Durability) -> Result<bool, Error> {
         self.protect(id);
-        if !self.contains(&id)? {
+        let written = !self.contains(&id)?;
+        if written {
             let frame = frame::encode(&id, data, self.cipher.as_ref())?;
             let plain =
                 u32::try_from(data.len()).map_err(|_| Error::Codec("chunk too large".into()))?;
@@ -190,9 +254,9 @@ impl ChunkStore {
                 id.0.to_vec(),
                 keys::chunk_info(plain, stored).to_vec(),
             );
-            self.backend.write(batch, Durability::Buffered)?;
+            self.backend.write(batch, durability)?;
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Marks `id` as in use by a writer that found it present and will reference it, so a

@@ -98,4 +98,8 @@ impl Backend for MemBackend {
     fn flush(&self) -> Result<()> {
         Ok(())
     }
+
+    fn persist(&self, _cf: Cf) -> Result<()> {
+        Ok(())
+    }
 }

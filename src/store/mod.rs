@@ -126,6 +126,10 @@ pub enum Durability {
     Buffered,
     /// The write-ahead log is synced to disk, and with it every earlier write.
     Synced,
+    /// Not in the write-ahead log: lost on a crash unless [`Backend::persist`] flushed its
+    /// column families first. For chunk bodies, which would otherwise be written twice (log,
+    /// then table file); nothing may reference them until they are persisted.
+    Unlogged,
 }
 
 /// What a scan callback saw: key and value of one entry.
@@ -214,6 +218,13 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Database errors.
     fn flush(&self) -> Result<()>;
+
+    /// Writes the memory table of `cf` to files and waits: every [`Durability::Unlogged`]
+    /// write to `cf` made before the call survives a crash afterwards.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn persist(&self, cf: Cf) -> Result<()>;
 }
 
 /// Visits every entry of `cf` whose key starts with `prefix`.

@@ -199,6 +199,7 @@ impl Backend for RocksBackend {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(durability == Durability::Synced);
+        opts.disable_wal(durability == Durability::Unlogged);
         self.db.write_opt(wb, &opts).map_err(|e| self.err(&e))
     }
 
@@ -248,6 +249,10 @@ impl Backend for RocksBackend {
 
     fn sync(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(|e| self.err(&e))
+    }
+
+    fn persist(&self, cf: Cf) -> Result<()> {
+        self.db.flush_cf(self.handle(cf)?).map_err(|e| self.err(&e))
     }
 
     fn flush(&self) -> Result<()> {

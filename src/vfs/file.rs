@@ -367,7 +367,7 @@ impl Vfs {
             if matches!(st.slots.get(&idx), Some(Slot::Overlay(_))) {
                 st.load(idx, &self.chunks)?;
             }
-            st.seal_slot(idx, &self.sealer);
+            st.seal_slot(idx, &self.sealer, false);
             // A commit of many overlays loads each chunk whole: keep only a bounded number
             // of them in memory, not the whole file's.
             st.bound_sealing();
@@ -384,6 +384,7 @@ impl Vfs {
             Durability::Buffered
         };
         if needs_record {
+            self.persist_sealed(st, &sealed)?;
             let manifest = self.manifest_of(st)?;
             let mut batch = Batch::new();
             {
@@ -432,6 +433,19 @@ impl Vfs {
             st.journal_entries = 0;
         }
         Ok(())
+    }
+
+    /// Chunks sealed ahead of a commit were stored unlogged: persists them, so the record
+    /// that references them never survives a crash without them.
+    fn persist_sealed(&self, st: &FileState, sealed: &[u64]) -> Result<()> {
+        let ids: Vec<ChunkId> = sealed
+            .iter()
+            .filter_map(|i| match st.slots.get(i) {
+                Some(Slot::Sealed(id)) => Some(*id),
+                Some(Slot::Buffer(_) | Slot::Overlay(_) | Slot::Sealing(_)) | None => None,
+            })
+            .collect();
+        Ok(self.chunks.persist_unlogged(ids.iter())?)
     }
 
     /// Waits for every chunk being sealed; a failed seal turns back into a buffer.

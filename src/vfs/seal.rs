@@ -20,6 +20,8 @@ use crate::limits::{PREFETCH_QUEUE_JOBS_MAX, SEAL_QUEUE_JOBS_MAX, SEAL_WORKERS_P
 pub struct SealJob {
     /// The chunk's plaintext, shared with the read cache once stored.
     pub data: Arc<Vec<u8>>,
+    /// Stored without the write-ahead log.
+    unlogged: bool,
     result: Mutex<Option<Result<ChunkId, Arc<chunk::Error>>>>,
     done: Condvar,
 }
@@ -89,7 +91,14 @@ fn work(chunks: &ChunkStore, seal: &Receiver<Job>, prefetch: &Receiver<Job>) {
 
 fn run(chunks: &ChunkStore, job: Job) {
     match job {
-        Job::Seal(job) => job.finish(chunks.put_shared(Arc::clone(&job.data))),
+        Job::Seal(job) => {
+            let data = Arc::clone(&job.data);
+            job.finish(if job.unlogged {
+                chunks.put_shared_unlogged(data)
+            } else {
+                chunks.put_shared(data)
+            });
+        }
         Job::Prefetch(id) => {
             // A failed prefetch is not an error: the reader will read the chunk itself and
             // get the error then.
@@ -123,10 +132,13 @@ impl Sealer {
         }
     }
 
-    /// Queues `data` for sealing; blocks while the queue is full.
+    /// Queues `data` for sealing; blocks while the queue is full. An `unlogged` chunk skips
+    /// the write-ahead log (see [`ChunkStore::put_shared_unlogged`]): for chunks written
+    /// ahead of a commit, which persists them before its record references them.
     #[must_use]
-    pub fn seal(&self, data: Vec<u8>) -> Arc<SealJob> {
+    pub fn seal(&self, data: Vec<u8>, unlogged: bool) -> Arc<SealJob> {
         let job = Arc::new(SealJob {
+            unlogged,
             data: Arc::new(data),
             result: Mutex::new(None),
             done: Condvar::new(),

@@ -237,7 +237,7 @@ impl FileState {
             buf.data[s..e].copy_from_slice(&data[from..from + (e - s)]);
             buf.dirty.add(s, e);
             if buf.data.len() == CHUNK_BYTES && buf.dirty.covers(CHUNK_BYTES) {
-                self.seal_slot(idx, sealer);
+                self.seal_slot(idx, sealer, true);
             }
         }
         self.mtime = Some(Timestamp::now());
@@ -327,7 +327,8 @@ impl FileState {
                 total -= o.bytes();
             }
             self.load(idx, chunks)?;
-            self.seal_slot(idx, sealer);
+            // Logged: random writes commit often, and each commit would otherwise flush.
+            self.seal_slot(idx, sealer, false);
             self.bound_sealing();
         }
         Ok(())
@@ -352,11 +353,13 @@ impl FileState {
         self.reap_sealed();
     }
 
-    /// Sends buffer `idx` to the seal pool.
-    pub fn seal_slot(&mut self, idx: u64, sealer: &Sealer) {
+    /// Sends buffer `idx` to the seal pool; `ahead` marks a chunk sealed while the file is
+    /// being written, stored unlogged until the commit persists it (see `Sealer::seal`).
+    pub fn seal_slot(&mut self, idx: u64, sealer: &Sealer, ahead: bool) {
         match self.slots.remove(&idx) {
             Some(Slot::Buffer(b)) => {
-                self.slots.insert(idx, Slot::Sealing(sealer.seal(b.data)));
+                self.slots
+                    .insert(idx, Slot::Sealing(sealer.seal(b.data, ahead)));
                 self.sealing.push_back(idx);
             }
             Some(other) => {
@@ -374,7 +377,7 @@ impl FileState {
         }
         let excess = buffers.len() - STAGED_BUFFERS_PER_FILE_MAX / 2;
         for idx in buffers.into_iter().filter(|i| *i != keep).take(excess) {
-            self.seal_slot(idx, sealer);
+            self.seal_slot(idx, sealer, true);
         }
     }
 
