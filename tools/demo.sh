@@ -44,7 +44,7 @@ else
   : >"$src/empty"
   head -c 3000000 /dev/urandom >"$src/big.bin"
   cp "$src/big.bin" "$src/docs/big-copy.bin"   # same content: stored once
-  for i in $(seq 1 20); do yes "note $i" | head -n "$i" >"$src/docs/notes/note-$i.txt"; done
+  for i in $(seq 1 20); do for _ in $(seq 1 "$i"); do echo "note $i"; done >"$src/docs/notes/note-$i.txt"; done
   ln -s ../README.txt "$src/docs/readme-link"
   printf '#!/bin/sh\necho "hello from a script on keibi"\n' >"$src/hello.sh"
   chmod +x "$src/hello.sh"
