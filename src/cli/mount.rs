@@ -58,8 +58,13 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     let opts = MountOptions {
         allow_other: args.allow_other,
     };
-    let session = fuse::session(Arc::clone(&vfs), &mnt, opts)
-        .with_context(|| format!("mounting on {}", mnt.display()))?;
+    let session = fuse::session(Arc::clone(&vfs), &mnt, opts).with_context(|| {
+        format!(
+            "mounting on {} (a FUSE mount needs /dev/fuse and fusermount3, from the fuse3 \
+             package; --allow-other needs root or user_allow_other in /etc/fuse.conf)",
+            mnt.display()
+        )
+    })?;
     if let Err(e) = fuse::raise_readahead(&mnt) {
         tracing::info!(error = %e, "kernel readahead left at its default");
     }

@@ -61,15 +61,26 @@ pub fn session(
         fuser::MountOption::Subtype("keibi".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
-        fuser::MountOption::AutoUnmount,
     ];
-    // auto_unmount needs fusermount3 to be allowed at least allow_root; as root (or with
-    // user_allow_other in /etc/fuse.conf) that always holds.
+    // fusermount3 runs auto_unmount only with allow_root or allow_other, which a user other
+    // than root may ask for only when /etc/fuse.conf says `user_allow_other`. Without it
+    // the mount works all the same, but a killed mount stays until `fusermount3 -u`.
+    let may_allow = nix::unistd::geteuid().is_root() || fuse_conf_allows_other();
     config.acl = if opts.allow_other {
         fuser::SessionACL::All
-    } else {
+    } else if may_allow {
         fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
     };
+    if may_allow {
+        config.mount_options.push(fuser::MountOption::AutoUnmount);
+    } else {
+        tracing::warn!(
+            "no auto_unmount: /etc/fuse.conf lacks user_allow_other, so a killed mount \
+             stays mounted until `fusermount3 -u`"
+        );
+    }
     config.n_threads = Some(THREADS);
     config.clone_fd = true;
     fuser::Session::new(KeibiFs::new(vfs), mountpoint, &config)
@@ -119,6 +130,14 @@ pub fn unmount_lazily(mountpoint: &Path) {
         ),
         Err(e) => tracing::error!(error = %e, "fusermount3 could not be run"),
     }
+}
+
+/// Whether `/etc/fuse.conf` lets users other than root ask for `allow_other`/`allow_root`.
+fn fuse_conf_allows_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|c| {
+        c.lines()
+            .any(|l| l.split('#').next().is_some_and(|l| l.trim() == "user_allow_other"))
+    })
 }
 
 fn file_type(kind: Kind) -> fuser::FileType {
