@@ -1,6 +1,6 @@
 //! Filesystem core benchmarks over a real encrypted store: sequential write and read of
 //! 1 GiB in 1 MiB writes and 128 KiB reads (the sizes FUSE uses), and 4 KiB random writes
-//! with an fsync every 64.
+//! with an fsync every 64; lookup in small and large directories.
 #![expect(
     clippy::expect_used,
     reason = "a benchmark whose setup fails has nothing to measure"
@@ -117,5 +117,36 @@ fn random_small_writes(c: &mut Criterion) {
     v.release(fh).expect("release");
 }
 
-criterion_group!(benches, sequential, random_small_writes);
+/// Lookup and getattr of one name in directories of 10 and 100,000 entries: the time must
+/// not grow with the directory (one keyed read of the entry, one of its record).
+fn lookup_by_directory_size(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = testing::rocks(dir.path()).expect("fixture");
+    let v = &fx.vfs;
+    let mut g = c.benchmark_group("vfs lookup");
+    for entries in [10usize, 100_000] {
+        let d = v
+            .mkdir(ROOT_INO, format!("d{entries}").as_bytes(), 0o755, ME)
+            .expect("mkdir")
+            .ino;
+        for i in 0..entries {
+            v.mknod(
+                d,
+                format!("file-{i:06}").as_bytes(),
+                keibi::tree::Kind::File,
+                0o644,
+                ME,
+                0,
+            )
+            .expect("mknod");
+        }
+        let probe = format!("file-{:06}", entries / 2);
+        g.bench_function(format!("lookup in a directory of {entries}"), |b| {
+            b.iter(|| v.lookup(d, probe.as_bytes()).expect("lookup"));
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, sequential, random_small_writes, lookup_by_directory_size);
 criterion_main!(benches);
