@@ -173,6 +173,21 @@ fn namespace_operations_and_attributes_behave_as_posix_says() {
         Some(nix::libc::ENAMETOOLONG)
     );
 
+    // A deep tree: 300 nested directories (a path of 1,500 bytes), a file at the bottom,
+    // then the whole chain renamed at its top.
+    let mut deep = root.join("deep");
+    for i in 0..300 {
+        deep.push(format!("l{:03}", i % 1000));
+    }
+    fs::create_dir_all(&deep).expect("mkdir -p deep");
+    fs::write(deep.join("bottom"), b"at the bottom").expect("write deep");
+    fs::rename(root.join("deep"), root.join("deeper")).expect("rename the top");
+    let moved: std::path::PathBuf = deep
+        .strip_prefix(root.join("deep"))
+        .map(|rest| root.join("deeper").join(rest))
+        .expect("prefix");
+    assert_file(&moved.join("bottom"), b"at the bottom");
+
     // Hard links are refused, by design.
     assert_eq!(
         fs::hard_link(&v, root.join("hard"))
