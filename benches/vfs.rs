@@ -148,5 +148,10 @@ fn lookup_by_directory_size(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sequential, random_small_writes, lookup_by_directory_size);
+criterion_group!(
+    benches,
+    sequential,
+    random_small_writes,
+    lookup_by_directory_size
+);
 criterion_main!(benches);

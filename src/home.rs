@@ -107,10 +107,10 @@ impl Home {
     fn data_key_path(&self) -> PathBuf {
         self.root.join("datakey.age")
     }
-    fn peer_key_path(&self) -> PathBuf {
+    pub(crate) fn peer_key_path(&self) -> PathBuf {
         self.root.join("peer.key")
     }
-    fn peer_cert_path(&self) -> PathBuf {
+    pub(crate) fn peer_cert_path(&self) -> PathBuf {
         self.root.join("peer.crt")
     }
 

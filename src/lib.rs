@@ -14,6 +14,7 @@
 //! - [`status`]: store figures for `keibi status`.
 //! - [`control`]: the control socket through which CLI commands reach a running mount.
 //! - [`home`]: a peer's home directory: store, keys, init and open.
+//! - [`replication`]: peers: TLS identity with pinned device ids (the rest comes next).
 //! - [`cli`]: the `keibi` command line.
 
 pub mod chunk;
@@ -24,6 +25,7 @@ pub mod gc;
 pub mod home;
 pub mod id;
 pub mod limits;
+pub mod replication;
 pub mod status;
 pub mod store;
 #[doc(hidden)]

@@ -135,8 +135,11 @@ pub fn unmount_lazily(mountpoint: &Path) {
 /// Whether `/etc/fuse.conf` lets users other than root ask for `allow_other`/`allow_root`.
 fn fuse_conf_allows_other() -> bool {
     std::fs::read_to_string("/etc/fuse.conf").is_ok_and(|c| {
-        c.lines()
-            .any(|l| l.split('#').next().is_some_and(|l| l.trim() == "user_allow_other"))
+        c.lines().any(|l| {
+            l.split('#')
+                .next()
+                .is_some_and(|l| l.trim() == "user_allow_other")
+        })
     })
 }
 
