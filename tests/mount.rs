@@ -452,3 +452,68 @@ fn a_mountpoint_that_is_not_a_directory_is_refused() {
     assert_eq!(code, 2);
     assert!(err.contains("/no/such/dir"), "{err}");
 }
+
+/// Unmounts a tmpfs in every outcome.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_writer_with_enospc_and_loses_nothing_committed() {
+    if !fuse_available("a_full_disk_fails_the_writer_with_enospc_and_loses_nothing_committed") {
+        return;
+    }
+    let home = tempfile::tempdir().expect("home");
+    let mnt = tempfile::tempdir().expect("mnt");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(home.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("SKIPPED a_full_disk_...: cannot mount a tmpfs for the store (needs root)");
+        return;
+    }
+    let _tmpfs = Tmpfs(home.path().to_path_buf());
+    let mut m = Mount::at(home.path(), mnt.path());
+    let keep = noise(1_500_000, 21);
+    fs::write(m.path().join("keep"), &keep).expect("write keep");
+
+    // 160 MiB of incompressible data into a 64 MiB store: a write, or at the latest the
+    // fsync, fails with ENOSPC; never EIO, never a silent success.
+    let mut f = File::create(m.path().join("big")).expect("create big");
+    let piece = noise(1 << 20, 22);
+    let mut failure = None;
+    for i in 0..160u64 {
+        let mut p = piece.clone();
+        p[..8].copy_from_slice(&i.to_le_bytes());
+        if let Err(e) = f.write_all(&p) {
+            failure = Some(e);
+            break;
+        }
+    }
+    let failure = failure
+        .or_else(|| f.sync_all().err())
+        .expect("the disk filled up");
+    assert_eq!(failure.raw_os_error(), Some(nix::libc::ENOSPC), "{failure}");
+    drop(f);
+    assert_file(&m.path().join("keep"), &keep);
+    // The mount is still serving: metadata answers, committed data reads.
+    assert!(fs::metadata(m.path().join("big")).is_ok());
+    let _ = fs::remove_file(m.path().join("big"));
+    // Unmounting may report that staged data could not be committed; it must end.
+    m.signal(nix::sys::signal::Signal::SIGTERM);
+
+    let m = Mount::at(home.path(), mnt.path());
+    assert_file(&m.path().join("keep"), &keep);
+    m.stop();
+    let (code, out, err) = keibi(home.path(), &["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

@@ -288,6 +288,45 @@ fn small_fsynced_writes_use_the_journal_and_survive_a_crash() -> TestResult {
     Ok(())
 }
 
+/// A chunk whose index entry was lost (a commit interrupted between flushing chunk bodies
+/// and their index) is harmless when nothing references it, and a finding when a record does.
+#[test]
+fn verify_tells_orphan_chunks_from_unindexed_referenced_ones() -> TestResult {
+    let fx = common::mem()?;
+    let run = || {
+        keibi::verify::run(
+            fx.backend.as_ref(),
+            fx.chunks.cipher(),
+            keibi::verify::Options {
+                sample_percent: 100,
+                progress: false,
+            },
+        )
+    };
+    let orphan = fx.chunks.put(b"content no record refers to")?;
+    let ino = put_file(&fx.vfs, ROOT_INO, "f", b"content a record refers to");
+    let used = keibi::id::ChunkId::of(b"content a record refers to");
+    assert_eq!(read_all(&fx.vfs, ino), b"content a record refers to");
+
+    let mut batch = keibi::store::Batch::new();
+    batch.delete(Cf::ChunkIndex, orphan.0.to_vec());
+    fx.backend
+        .write(batch, keibi::store::Durability::Buffered)?;
+    let report = run();
+    assert_eq!(report.findings_total, 0, "{:?}", report.findings);
+    assert_eq!(report.orphan_chunks, 1);
+
+    let mut batch = keibi::store::Batch::new();
+    batch.delete(Cf::ChunkIndex, used.0.to_vec());
+    fx.backend
+        .write(batch, keibi::store::Durability::Buffered)?;
+    let report = run();
+    assert_eq!(report.findings_total, 1, "{:?}", report.findings);
+    assert_eq!(report.findings[0].kind, "unindexed-chunk");
+    assert_eq!(report.orphan_chunks, 1);
+    Ok(())
+}
+
 proptest::proptest! {
     #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..proptest::prelude::ProptestConfig::default() })]
 

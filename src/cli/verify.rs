@@ -41,6 +41,14 @@ pub(crate) fn render(report: &Report, json: bool) -> anyhow::Result<String> {
             report.findings_total - report.findings.len() as u64
         )?;
     }
+    if report.orphan_chunks > 0 {
+        writeln!(
+            out,
+            "note: {} stored chunks are neither referenced nor indexed: left by a commit that a \
+             crash or a full disk interrupted; harmless",
+            report.orphan_chunks
+        )?;
+    }
     writeln!(
         out,
         "checked {} chunks ({}, {}% sample) and {} records: {}",
