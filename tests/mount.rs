@@ -517,3 +517,54 @@ fn a_full_disk_fails_the_writer_with_enospc_and_loses_nothing_committed() {
     let (code, out, err) = keibi(home.path(), &["verify"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// Process ids whose parent is `pid` and whose command is `name`.
+fn children_named(pid: u32, name: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").expect("proc").flatten() {
+        let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let parent = stat[close + 1..].split_whitespace().nth(1);
+        if comm == name && parent == Some(pid.to_string().as_str()) {
+            if let Ok(p) = stat[..open].trim().parse() {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_dead_mount_left_behind_is_cleared_by_the_next_mount() {
+    if !fuse_available("a_dead_mount_left_behind_is_cleared_by_the_next_mount") {
+        return;
+    }
+    let home = tempfile::tempdir().expect("home");
+    let mnt = tempfile::tempdir().expect("mnt");
+    let m = Mount::at(home.path(), mnt.path());
+    fs::write(m.path().join("kept"), b"committed before the crash").expect("write");
+    // Kill the auto_unmount watcher first, then the mount: the mount stays behind, dead.
+    let watchers = children_named(m.pid(), "fusermount3");
+    assert!(!watchers.is_empty(), "no fusermount3 watcher found");
+    for w in watchers {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(w),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .expect("kill watcher");
+    }
+    m.kill();
+    let err = fs::metadata(mnt.path().join("kept")).expect_err("dead mount");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::ENOTCONN), "{err}");
+
+    let m = Mount::at(home.path(), mnt.path());
+    assert_file(&m.path().join("kept"), b"committed before the crash");
+    assert!(m.log_text().contains("detaching it"), "{}", m.log_text());
+    m.stop();
+}

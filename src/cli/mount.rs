@@ -31,7 +31,25 @@ pub struct Args {
 
 pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     let mnt = &args.mountpoint;
-    let meta = std::fs::metadata(mnt).with_context(|| format!("mountpoint {}", mnt.display()))?;
+    let meta = match std::fs::metadata(mnt) {
+        // A FUSE mount whose process died (and that auto_unmount did not remove) answers
+        // ENOTCONN: detach it, then mount afresh.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::ENOTCONN | nix::libc::ECONNABORTED)
+            ) =>
+        {
+            eprintln!(
+                "keibi: {} is a mount whose process is gone; detaching it",
+                mnt.display()
+            );
+            fuse::unmount_lazily(mnt);
+            std::fs::metadata(mnt)
+        }
+        other => other,
+    }
+    .with_context(|| format!("mountpoint {}", mnt.display()))?;
     if !meta.is_dir() {
         bail!("mountpoint {} is not a directory", mnt.display());
     }

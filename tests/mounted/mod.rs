@@ -14,6 +14,8 @@ use tempfile::TempDir;
 /// Longest wait for a mount to appear or a mount process to end.
 const WAIT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
+/// How long a killed mount's `auto_unmount` is given before the mount counts as left behind.
+const KILLED_UNMOUNT_WAIT: Duration = Duration::from_secs(10);
 
 /// The keibi binary under test.
 pub fn keibi_bin() -> &'static str {
@@ -63,6 +65,8 @@ pub struct Mount {
     log: PathBuf,
     /// Temporary home and mountpoint owned by this mount, removed after it unmounts.
     dirs: Option<(TempDir, TempDir)>,
+    /// Set by [`Self::kill`]: a dead mount is left for the next mount to clear.
+    keep_dead: bool,
 }
 
 impl Mount {
@@ -82,7 +86,16 @@ impl Mount {
 
     /// As [`Self::at`], with extra arguments for `keibi mount`.
     pub fn with_args(home: &Path, mountpoint: &Path, extra: &[&str]) -> Self {
-        let mountpoint = mountpoint.canonicalize().expect("mountpoint");
+        // A killed mount may still sit there (see `kill`): canonicalize the parent instead.
+        let mountpoint = match mountpoint.canonicalize() {
+            Ok(p) => p,
+            Err(_) => mountpoint
+                .parent()
+                .expect("parent")
+                .canonicalize()
+                .expect("mountpoint parent")
+                .join(mountpoint.file_name().expect("name")),
+        };
         let log = home.with_extension("mount.log");
         let err = std::fs::File::create(&log).expect("log file");
         let child = Command::new(keibi_bin())
@@ -103,14 +116,17 @@ impl Mount {
             child: Some(child),
             log,
             dirs: None,
+            keep_dead: false,
         };
         m.wait_mounted();
         m
     }
 
+    /// Waits for a live mount at the mountpoint (a dead one left by a killed mount answers
+    /// ENOTCONN until the new mount clears it).
     fn wait_mounted(&mut self) {
         let start = Instant::now();
-        while !is_mounted(&self.mountpoint) {
+        while !(is_mounted(&self.mountpoint) && std::fs::metadata(&self.mountpoint).is_ok()) {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
@@ -149,13 +165,13 @@ impl Mount {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Waits for the mount process to end (after a signal or an unmount).
+    /// Waits for the mount process to end (after a signal or an unmount), and for its mount
+    /// to disappear.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let start = Instant::now();
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
-                // After SIGKILL, fusermount3 (auto_unmount) removes the mount a moment later.
                 while is_mounted(&self.mountpoint) {
                     assert!(start.elapsed() < WAIT, "still mounted {WAIT:?} after exit");
                     std::thread::sleep(POLL);
@@ -193,19 +209,34 @@ impl Mount {
         );
     }
 
-    /// Kills the mount process with SIGKILL: nothing is committed on the way out.
+    /// Kills the mount process with SIGKILL: nothing is committed on the way out. The mount
+    /// is left as a killed mount leaves it: `auto_unmount` normally removes it, and when it
+    /// does not (fusermount3 3.14 sometimes exits without unmounting when other mounts change
+    /// at the same moment), the next `keibi mount` on this mountpoint clears it.
     pub fn kill(mut self) {
-        self.signal(nix::sys::signal::Signal::SIGKILL);
+        self.send(nix::sys::signal::Signal::SIGKILL);
+        let mut child = self.child.take().expect("running");
+        child.wait().expect("wait for the killed mount");
+        // Give auto_unmount its moment: a new mount started while the old watcher is about
+        // to unmount could be the one it detaches.
+        let start = Instant::now();
+        while is_mounted(&self.mountpoint) && start.elapsed() < KILLED_UNMOUNT_WAIT {
+            std::thread::sleep(POLL);
+        }
+        self.keep_dead = true;
     }
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        let child = self.child.take();
+        if child.is_some() || (!self.keep_dead && is_mounted(&self.mountpoint)) {
             let _ = Command::new("fusermount3")
                 .args(["-u", "-z", "--"])
                 .arg(&self.mountpoint)
                 .output();
+        }
+        if let Some(mut child) = child {
             let _ = child.kill();
             let _ = child.wait();
         }
