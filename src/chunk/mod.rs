@@ -237,11 +237,10 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Writes the frame of `id` unless it is stored; returns whether it wrote.
-    fn store_frame(&self, id: ChunkId, data: &[u8], durability: Durability) -> Result<bool, Error> {
+    /// Writes the frame of `id` unless it is stored.
+    fn store_frame(&self, id: ChunkId, data: &[u8], durability: Durability) -> Result<(), Error> {
         self.protect(id);
-        let written = !self.contains(&id)?;
-        if written {
+        if !self.contains(&id)? {
             let frame = frame::encode(&id, data, self.cipher.as_ref())?;
             let plain =
                 u32::try_from(data.len()).map_err(|_| Error::Codec("chunk too large".into()))?;
@@ -256,7 +255,7 @@ impl ChunkStore {
             );
             self.backend.write(batch, durability)?;
         }
-        Ok(written)
+        Ok(())
     }
 
     /// Marks `id` as in use by a writer that found it present and will reference it, so a
