@@ -93,9 +93,16 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     let signal_thread = std::thread::Builder::new()
         .name("keibi-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
-                tracing::info!(sig, "signal received: unmounting");
-                fuse::unmount_lazily(&signal_mnt);
+            // Every signal until the session ends: if detaching failed, the next Ctrl-C
+            // tries again instead of being ignored.
+            let mut detached = false;
+            for sig in signals.forever() {
+                if detached {
+                    eprintln!("keibi: unmounted; waiting for files still open on it to close");
+                } else {
+                    tracing::info!(sig, "signal received: unmounting");
+                    detached = fuse::unmount_lazily(&signal_mnt);
+                }
             }
         })
         .context("starting the signal thread")?;
@@ -117,6 +124,10 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     let _ = signal_thread.join();
     control.stop();
     let closed = vfs.shutdown();
+    if let (Err(_), Err(e)) = (&served, &closed) {
+        // Only one error can be returned; this one must not vanish.
+        eprintln!("keibi: error: committing open files at unmount: {e}");
+    }
     served.with_context(|| format!("serving {}", mnt.display()))?;
     closed.context("committing open files at unmount")?;
     eprintln!("keibi: unmounted {}", mnt.display());

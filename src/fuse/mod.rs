@@ -114,21 +114,27 @@ pub fn raise_readahead(mountpoint: &Path) -> io::Result<()> {
 }
 
 /// Detaches the mount at `mountpoint` (`fusermount3 -u -z`): it disappears from the namespace
-/// at once and the session ends when the last open file on it is closed. Failures are
-/// logged: the caller has no better recourse than the user's own `fusermount3 -u`.
-pub fn unmount_lazily(mountpoint: &Path) {
+/// at once and the session ends when the last open file on it is closed. Returns whether it
+/// did; a failure is logged with fusermount3's message, for the caller to try again.
+pub fn unmount_lazily(mountpoint: &Path) -> bool {
     let out = std::process::Command::new("fusermount3")
         .args(["-u", "-z", "--"])
         .arg(mountpoint)
         .output();
     match out {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => tracing::error!(
-            mountpoint = %mountpoint.display(),
-            stderr = %String::from_utf8_lossy(&o.stderr).trim(),
-            "fusermount3 -u failed"
-        ),
-        Err(e) => tracing::error!(error = %e, "fusermount3 could not be run"),
+        Ok(o) if o.status.success() => true,
+        Ok(o) => {
+            tracing::error!(
+                mountpoint = %mountpoint.display(),
+                stderr = %String::from_utf8_lossy(&o.stderr).trim(),
+                "fusermount3 -u failed"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "fusermount3 could not be run");
+            false
+        }
     }
 }
 
