@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::{CONTROL_REQUEST_BYTES_MAX, CONTROL_REQUEST_TIMEOUT_MS};
+use crate::limits::{
+    CONTROL_ACCEPT_RETRY_MS, CONTROL_REQUEST_BYTES_MAX, CONTROL_REQUEST_TIMEOUT_MS,
+};
 
 /// A command for the running mount.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,7 +165,11 @@ impl Server {
                     }
                     match stream {
                         Ok(s) => serve(&s, handler.as_ref()),
-                        Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+                        Err(e) => {
+                            // Out of descriptors, say: wait instead of spinning on it.
+                            tracing::warn!(error = %e, "control socket accept failed");
+                            std::thread::sleep(Duration::from_millis(CONTROL_ACCEPT_RETRY_MS));
+                        }
                     }
                 }
             })

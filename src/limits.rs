@@ -87,3 +87,5 @@ const _: () = assert!(OVERLAY_BYTES_MAX < OVERLAY_BYTES_PER_FILE_MAX);
 pub const CONTROL_REQUEST_BYTES_MAX: usize = 4096;
 /// Time a control client has to send its request, in milliseconds.
 pub const CONTROL_REQUEST_TIMEOUT_MS: u64 = 5_000;
+/// Pause after a failed accept on the control socket, in milliseconds.
+pub const CONTROL_ACCEPT_RETRY_MS: u64 = 100;
