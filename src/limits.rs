@@ -72,6 +72,12 @@ pub const VERIFY_QUEUE_BATCHES_MAX: usize = 4;
 /// Findings verify keeps in full; past this it only counts them.
 pub const VERIFY_FINDINGS_MAX: usize = 10_000;
 
+/// Worker threads serving FUSE requests: the requests in progress at once (the kernel
+/// queues the rest).
+pub const FUSE_THREADS: usize = 8;
+/// Largest write request the kernel may send to the mount, in bytes.
+pub const FUSE_MAX_WRITE_BYTES: u32 = 1024 * 1024;
+
 /// Directory entries returned by one readdir call of the vfs core.
 pub const READDIR_ENTRIES_MAX: usize = 1024;
 

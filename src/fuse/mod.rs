@@ -1,7 +1,7 @@
 //! The FUSE adapter: the only module that knows fuser. It turns kernel requests into calls on
 //! the [`Vfs`] core and the core's answers (or errors, through [`errno`]) back into replies.
 //!
-//! Threads: fuser's session loop runs [`THREADS`] worker threads, each reading requests from
+//! Threads: fuser's session loop runs [`FUSE_THREADS`] worker threads, each reading requests from
 //! its own clone of the `/dev/fuse` descriptor and calling the (synchronous, internally
 //! locked) vfs core directly. The worker count bounds the requests in progress; the kernel
 //! queues the rest, which is the backpressure. Shutdown: when the filesystem is unmounted
@@ -22,6 +22,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::limits::FUSE_THREADS;
 use crate::tree::Kind;
 use crate::vfs::{self, Vfs};
 
@@ -33,10 +34,6 @@ pub use ops::KeibiFs;
 /// invalidation could show stale attributes. A long one lets `git status` stat a whole tree
 /// without a request per file.
 pub const TTL: Duration = Duration::from_secs(60);
-/// Worker threads serving kernel requests.
-pub const THREADS: usize = 8;
-/// Largest write request the kernel may send, in bytes.
-pub const MAX_WRITE_BYTES: u32 = 1024 * 1024;
 
 /// How to mount.
 #[derive(Clone, Copy, Debug, Default)]
@@ -81,7 +78,7 @@ pub fn session(
              stays mounted until `fusermount3 -u`"
         );
     }
-    config.n_threads = Some(THREADS);
+    config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
     fuser::Session::new(KeibiFs::new(vfs), mountpoint, &config)
 }

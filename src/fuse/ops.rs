@@ -15,7 +15,8 @@ use fuser::{
 };
 use nix::libc;
 
-use super::{MAX_WRITE_BYTES, TTL, errno, file_attr, file_type, kind_of_mode};
+use super::{TTL, errno, file_attr, file_type, kind_of_mode};
+use crate::limits::FUSE_MAX_WRITE_BYTES;
 use crate::tree::Timestamp;
 use crate::vfs::{self, Creator, RenameMode, SetAttr, TimeSet, Vfs};
 
@@ -82,7 +83,7 @@ impl fuser::Filesystem for KeibiFs {
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!(?missing, "kernel lacks some FUSE capabilities");
         }
-        if let Err(nearest) = config.set_max_write(MAX_WRITE_BYTES) {
+        if let Err(nearest) = config.set_max_write(FUSE_MAX_WRITE_BYTES) {
             tracing::debug!(nearest, "kernel limits max_write");
             let _ = config.set_max_write(nearest);
         }
