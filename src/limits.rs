@@ -95,3 +95,71 @@ pub const CONTROL_REQUEST_BYTES_MAX: usize = 4096;
 pub const CONTROL_REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// Pause after a failed accept on the control socket, in milliseconds.
 pub const CONTROL_ACCEPT_RETRY_MS: u64 = 100;
+
+/// Largest gRPC message either side encodes or accepts, in bytes.
+pub const WIRE_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Records in one `BatchNotify`.
+pub const WIRE_BATCH_RECORDS_MAX: usize = 512;
+/// Encoded bytes of records the sender puts in one `BatchNotify` (leaves room under
+/// [`WIRE_MESSAGE_BYTES_MAX`] for the largest single record part).
+pub const WIRE_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// Manifest hashes in one record part: a longer manifest is sent in parts.
+pub const WIRE_MANIFEST_PART_CHUNKS: usize = 16 * 1024;
+/// Chunk ids in one `StreamFile` request.
+pub const WIRE_CHUNKS_PER_REQUEST_MAX: usize = 64;
+/// Records whose manifest is still arriving in parts, per sender.
+pub const WIRE_PARTIAL_RECORDS_MAX: usize = 4;
+
+/// A content change is sent once its file has been stable this long (reset by each
+/// change), in milliseconds.
+pub const NOTIFY_DEBOUNCE_MS: u64 = 200;
+/// A file that never stops changing is sent at least this often, in milliseconds.
+pub const NOTIFY_DELAY_MAX_MS: u64 = 2_000;
+/// How often the notify worker looks for new local changes, in milliseconds.
+pub const NOTIFY_POLL_MS: u64 = 20;
+/// Records read from the sequence index at once by the notify worker.
+pub const NOTIFY_SCAN_RECORDS_MAX: usize = 1024;
+/// Debounced content changes held back at once; past this they are sent undebounced.
+pub const NOTIFY_HELD_RECORDS_MAX: usize = 65_536;
+
+/// Records from one sender that wait (for a parent, a name, a commit) at once; past this
+/// the receiver stops acknowledging and the sender resends them after reconnecting.
+pub const INBOX_WAITING_RECORDS_MAX: usize = 65_536;
+/// How often waiting records are offered again, in milliseconds.
+pub const INBOX_RETRY_MS: u64 = 500;
+
+/// Concurrent `StreamFile` calls of the fetcher.
+pub const FETCH_STREAMS_MAX: usize = 4;
+/// Chunks asked for in one `StreamFile` call; with [`FETCH_STREAMS_MAX`] this bounds the
+/// bytes in flight to [`FETCH_BYTES_IN_FLIGHT_MAX`].
+pub const FETCH_CHUNKS_PER_STREAM: usize = 8;
+/// Chunk bytes requested and not yet stored, over all streams.
+pub const FETCH_BYTES_IN_FLIGHT_MAX: usize =
+    FETCH_STREAMS_MAX * FETCH_CHUNKS_PER_STREAM * CHUNK_BYTES;
+/// Chunk ids queued for fetching; past this the fetcher rescans the tree when it runs dry.
+pub const FETCH_QUEUE_CHUNKS_MAX: usize = 65_536;
+/// How long a read of a chunk not yet fetched waits for it before failing with EIO, in
+/// milliseconds.
+pub const FETCH_READ_TIMEOUT_MS: u64 = 30_000;
+/// Pause before asking again for a chunk that failed (bad hash, not found), in milliseconds.
+pub const FETCH_RETRY_MS: u64 = 1_000;
+
+/// First pause before reconnecting to a peer, in milliseconds; doubled after each failure.
+pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;
+/// Longest pause before reconnecting, in milliseconds.
+pub const RECONNECT_BACKOFF_MAX_MS: u64 = 5_000;
+/// Time a TCP connect plus TLS handshake may take, in milliseconds.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// HTTP/2 flow-control window per stream and per connection, in bytes: with the default
+/// 64 KiB, 512 KiB chunks crawl on any link with latency.
+pub const HTTP2_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+/// Interval of HTTP/2 keep-alive pings that detect a dead link, in milliseconds.
+pub const KEEPALIVE_INTERVAL_MS: u64 = 5_000;
+/// Configured peers.
+pub const PEERS_MAX: usize = 64;
+
+const _: () = assert!(WIRE_MANIFEST_PART_CHUNKS * 34 + 64 * 1024 < WIRE_MESSAGE_BYTES_MAX);
+const _: () =
+    assert!(WIRE_BATCH_BYTES_MAX + WIRE_MANIFEST_PART_CHUNKS * 34 < WIRE_MESSAGE_BYTES_MAX);
+const _: () = assert!(CHUNK_BYTES + 1024 < WIRE_MESSAGE_BYTES_MAX);
+const _: () = assert!(FETCH_CHUNKS_PER_STREAM <= WIRE_CHUNKS_PER_REQUEST_MAX);

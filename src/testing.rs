@@ -123,3 +123,48 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// What a tree holds, by path: kind, permission bits, and the content (file bytes' hash,
+/// symlink target), read through the vfs (so a missing chunk is fetched or fails).
+///
+/// # Errors
+/// vfs errors.
+pub fn snapshot(
+    vfs: &Vfs,
+) -> Result<std::collections::BTreeMap<String, (crate::tree::Kind, u32, String)>, BoxError> {
+    use crate::tree::Kind;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![(crate::id::ROOT_INO, String::new())];
+    while let Some((dir, path)) = stack.pop() {
+        let fh = vfs.opendir(dir)?;
+        let mut offset = 0;
+        loop {
+            let entries = vfs.readdir(fh, offset)?;
+            if entries.is_empty() {
+                break;
+            }
+            for e in entries {
+                offset = e.offset;
+                if e.name == b"." || e.name == b".." {
+                    continue;
+                }
+                let p = format!("{path}/{}", String::from_utf8_lossy(&e.name));
+                let attr = vfs.getattr(e.ino)?;
+                let content = match e.kind {
+                    Kind::File => blake3::hash(&read_all(vfs, e.ino)?).to_hex()[..16].to_string(),
+                    Kind::Symlink => String::from_utf8_lossy(&vfs.readlink(e.ino)?).into_owned(),
+                    Kind::Dir => {
+                        stack.push((e.ino, p.clone()));
+                        String::new()
+                    }
+                    Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => {
+                        String::new()
+                    }
+                };
+                out.insert(p, (e.kind, attr.perm, content));
+            }
+        }
+        vfs.releasedir(fh);
+    }
+    Ok(out)
+}

@@ -19,7 +19,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use lru::LruCache;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::id::ChunkId;
 use crate::limits::{
@@ -44,6 +44,14 @@ pub enum Error {
     /// A chunk a record needs is not in the store.
     #[error("chunk {0} is missing from the store")]
     Missing(ChunkId),
+    /// A chunk the store lacks could not be fetched from a peer in time.
+    #[error("chunk {chunk} is not here yet and could not be fetched from a peer: {reason}")]
+    Unavailable {
+        /// The chunk's id.
+        chunk: ChunkId,
+        /// Why the fetch failed.
+        reason: String,
+    },
     /// Key handling failed (wrong identity, no key for an encrypted store).
     #[error("{0}")]
     Key(String),
@@ -89,6 +97,17 @@ struct GcGuard {
     overrun: bool,
 }
 
+/// Where chunks the store lacks come from: the replication fetcher. The chunk layer knows
+/// nothing of peers; it only asks.
+pub trait Remote: Send + Sync {
+    /// Fetches `id` ahead of any queued work, verifies it, stores it, and returns once it is
+    /// stored; an error (after a bounded wait) when no peer delivered it.
+    ///
+    /// # Errors
+    /// Why the chunk could not be had, for the reader's EIO.
+    fn fetch_now(&self, id: &ChunkId) -> Result<(), String>;
+}
+
 /// Content-addressed chunk storage over a [`Backend`].
 pub struct ChunkStore {
     backend: Arc<dyn Backend>,
@@ -102,6 +121,8 @@ pub struct ChunkStore {
     /// persisted: a commit that references one persists them first. At most
     /// [`UNLOGGED_CHUNKS_MAX`]; the put that would pass it persists instead.
     unlogged: Mutex<HashSet<ChunkId>>,
+    /// Source of chunks that records reference but the store lacks, while replication runs.
+    remote: RwLock<Option<Arc<dyn Remote>>>,
 }
 
 impl ChunkStore {
@@ -115,7 +136,14 @@ impl ChunkStore {
             cache: Mutex::new(LruCache::new(entries)),
             gc: Mutex::new(GcGuard::default()),
             unlogged: Mutex::new(HashSet::new()),
+            remote: RwLock::new(None),
         }
+    }
+
+    /// Makes [`Self::get`] fetch missing chunks through `remote`; `None` stops it (the
+    /// replication layer clears it when it stops, which also breaks the reference cycle).
+    pub fn set_remote(&self, remote: Option<Arc<dyn Remote>>) {
+        *self.remote.write() = remote;
     }
 
     /// The backend underneath.
@@ -272,11 +300,32 @@ impl ChunkStore {
         }
     }
 
-    /// Reads chunk `id`, checked against its hash.
+    /// Reads chunk `id`, checked against its hash. A chunk the store lacks is fetched from
+    /// a peer first when replication runs, and the read waits for it (bounded).
+    ///
+    /// # Errors
+    /// [`Error::Missing`], [`Error::Unavailable`], [`Error::Corrupt`], store errors.
+    pub fn get(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>, Error> {
+        match self.get_local(id) {
+            Err(Error::Missing(_)) => {
+                let remote = self.remote.read().clone();
+                let Some(remote) = remote else {
+                    return Err(Error::Missing(*id));
+                };
+                remote
+                    .fetch_now(id)
+                    .map_err(|reason| Error::Unavailable { chunk: *id, reason })?;
+                self.get_local(id)
+            }
+            other => other,
+        }
+    }
+
+    /// Reads chunk `id` from this store only, never asking a peer.
     ///
     /// # Errors
     /// [`Error::Missing`], [`Error::Corrupt`], store errors.
-    pub fn get(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>, Error> {
+    pub fn get_local(&self, id: &ChunkId) -> Result<Arc<Vec<u8>>, Error> {
         if let Some(hit) = self.cache.lock().get(id) {
             return Ok(Arc::clone(hit));
         }

@@ -15,6 +15,9 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::control::{self, Request, Response};
 use crate::fuse::{self, MountOptions};
 use crate::home::{Home, InitOptions};
+use crate::replication::Replication;
+use crate::replication::config::Config;
+use crate::replication::tls::Identity;
 use crate::status::StoreFigures;
 use crate::vfs::Vfs;
 
@@ -27,35 +30,18 @@ pub struct Args {
     /// `allow_other`; a non-root user needs `user_allow_other` in /etc/fuse.conf).
     #[arg(long)]
     pub allow_other: bool,
+    /// Accept peers on this address (`IP:PORT`; port 0 picks a free one). Also `listen` in
+    /// HOME/peers.toml.
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Trust the peer with this device id and dial it at HOST:PORT (repeatable; without
+    /// `@HOST:PORT` the peer is trusted but not dialled). Also `[[peer]]` in HOME/peers.toml.
+    #[arg(long = "peer", value_name = "DEVICE_ID@HOST:PORT")]
+    pub peers: Vec<crate::replication::config::Peer>,
 }
 
 pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
-    let mnt = &args.mountpoint;
-    let meta = match std::fs::metadata(mnt) {
-        // A FUSE mount whose process died (and that auto_unmount did not remove) answers
-        // ENOTCONN: detach it, then mount afresh.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(nix::libc::ENOTCONN | nix::libc::ECONNABORTED)
-            ) =>
-        {
-            eprintln!(
-                "keibi: {} is a mount whose process is gone; detaching it",
-                mnt.display()
-            );
-            fuse::unmount_lazily(mnt);
-            std::fs::metadata(mnt)
-        }
-        other => other,
-    }
-    .with_context(|| format!("mountpoint {}", mnt.display()))?;
-    if !meta.is_dir() {
-        bail!("mountpoint {} is not a directory", mnt.display());
-    }
-    let mnt = mnt
-        .canonicalize()
-        .with_context(|| format!("mountpoint {}", mnt.display()))?;
+    let mnt = prepare_mountpoint(&args.mountpoint)?;
     if !home.store_dir().join("CURRENT").exists() {
         let id = home
             .init(InitOptions { encrypt: true })
@@ -71,8 +57,12 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     let vfs = Arc::new(
         Vfs::new(store.tables, store.chunks, &home.store_dir()).context("recovering the store")?,
     );
-    let mut control = control::Server::start(home.root(), live_handler(&vfs, home, &mnt))
-        .context("starting the control socket")?;
+    let replication = start_replication(home, args, &vfs)?;
+    let mut control = control::Server::start(
+        home.root(),
+        live_handler(&vfs, replication.clone(), home, &mnt),
+    )
+    .context("starting the control socket")?;
     let opts = MountOptions {
         allow_other: args.allow_other,
     };
@@ -83,6 +73,7 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
             mnt.display()
         )
     })?;
+    vfs.set_kernel_cache(Some(Arc::new(fuse::KernelNotifier(session.notifier()))));
     if let Err(e) = fuse::raise_readahead(&mnt) {
         tracing::info!(error = %e, "kernel readahead left at its default");
     }
@@ -122,6 +113,10 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     });
     signal_handle.close();
     let _ = signal_thread.join();
+    if let Some(r) = &replication {
+        r.stop();
+    }
+    vfs.set_kernel_cache(None);
     control.stop();
     let closed = vfs.shutdown();
     if let (Err(_), Err(e)) = (&served, &closed) {
@@ -134,8 +129,63 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks the mountpoint (detaching a dead keibi mount left on it) and makes it absolute.
+fn prepare_mountpoint(mnt: &Path) -> anyhow::Result<PathBuf> {
+    let meta = match std::fs::metadata(mnt) {
+        // A FUSE mount whose process died (and that auto_unmount did not remove) answers
+        // ENOTCONN: detach it, then mount afresh.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(nix::libc::ENOTCONN | nix::libc::ECONNABORTED)
+            ) =>
+        {
+            eprintln!(
+                "keibi: {} is a mount whose process is gone; detaching it",
+                mnt.display()
+            );
+            fuse::unmount_lazily(mnt);
+            std::fs::metadata(mnt)
+        }
+        other => other,
+    }
+    .with_context(|| format!("mountpoint {}", mnt.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", mnt.display());
+    }
+    mnt.canonicalize()
+        .with_context(|| format!("mountpoint {}", mnt.display()))
+}
+
+/// Starts replication when `--listen`, `--peer` or HOME/peers.toml name any peer.
+fn start_replication(
+    home: &Home,
+    args: &Args,
+    vfs: &Arc<Vfs>,
+) -> anyhow::Result<Option<Arc<Replication>>> {
+    let config = Config::load(&home.root().join("peers.toml"))
+        .map_err(anyhow::Error::msg)?
+        .merge(args.listen, args.peers.clone())
+        .map_err(anyhow::Error::msg)?;
+    Ok(if config.is_empty() {
+        None
+    } else {
+        let identity = Identity::load(home).context("loading this peer's keys")?;
+        let r = Replication::start(vfs, &identity, &config).context("starting replication")?;
+        if let Some(a) = r.listen_address() {
+            eprintln!("keibi: accepting peers on {a}");
+        }
+        Some(Arc::new(r))
+    })
+}
+
 /// Serves control requests against the live store of this mount.
-fn live_handler(vfs: &Arc<Vfs>, home: &Home, mnt: &Path) -> Arc<control::Handler> {
+fn live_handler(
+    vfs: &Arc<Vfs>,
+    replication: Option<Arc<Replication>>,
+    home: &Home,
+    mnt: &Path,
+) -> Arc<control::Handler> {
     let vfs = Arc::clone(vfs);
     let store_dir = home.store_dir().display().to_string();
     let mountpoint = mnt.display().to_string();
@@ -150,6 +200,7 @@ fn live_handler(vfs: &Arc<Vfs>, home: &Home, mnt: &Path) -> Arc<control::Handler
                             mountpoint: mountpoint.clone(),
                             staged_bytes: vfs.staged_bytes(),
                         }),
+                        replication: replication.as_ref().map(|r| r.status()),
                         figures,
                     };
                     super::status::render(&s, json)

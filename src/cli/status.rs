@@ -34,6 +34,8 @@ pub struct Status {
     pub store: String,
     /// The running mount, if any.
     pub mount: Option<MountFigures>,
+    /// Replication of the running mount, if it has peers.
+    pub replication: Option<crate::replication::Status>,
     /// Store figures.
     #[serde(flatten)]
     pub figures: StoreFigures,
@@ -78,7 +80,74 @@ pub(crate) fn render(s: &Status, json: bool) -> anyhow::Result<String> {
         super::bytes(f.stored_bytes)
     )?;
     writeln!(out, "on disk:   {}", super::bytes(f.disk_bytes))?;
+    if let Some(r) = &s.replication {
+        render_replication(&mut out, r)?;
+    }
     Ok(out)
+}
+
+fn render_replication(out: &mut String, r: &crate::replication::Status) -> std::fmt::Result {
+    writeln!(
+        out,
+        "listen:    {}",
+        r.listen.as_deref().unwrap_or("(not accepting peers)")
+    )?;
+    writeln!(
+        out,
+        "missing:   {} chunks not fetched yet; fetched {} chunks, {}; {} fetch errors",
+        r.chunks_missing,
+        r.chunks_fetched,
+        super::bytes(r.bytes_fetched),
+        r.fetch_errors
+    )?;
+    if let Some(e) = &r.fetch_last_error {
+        writeln!(out, "           last fetch error: {e}")?;
+    }
+    if r.conflicts > 0 {
+        writeln!(
+            out,
+            "conflicts: {} resolved (conflict copies kept)",
+            r.conflicts
+        )?;
+    }
+    if let Some(e) = &r.last_refused {
+        writeln!(out, "refused:   {e}")?;
+    }
+    for p in &r.peers {
+        let state = match (p.connected_out, p.connected_in) {
+            (true, true) => "connected both ways",
+            (true, false) => "connected (outgoing)",
+            (false, true) => "connected (incoming only)",
+            (false, false) => "not connected",
+        };
+        writeln!(out, "peer:      {}", p.device)?;
+        writeln!(
+            out,
+            "           {state}, {}, key exchange {}",
+            p.address.as_deref().unwrap_or("no address"),
+            p.key_exchange.as_deref().unwrap_or("-")
+        )?;
+        writeln!(
+            out,
+            "           {} changes pending to send; sent {} records, {}; received {} records, {}",
+            p.pending_records,
+            p.records_sent,
+            super::bytes(p.sent_bytes),
+            p.records_received,
+            super::bytes(p.received_bytes)
+        )?;
+        if p.waiting_records > 0 || p.rejected > 0 {
+            writeln!(
+                out,
+                "           {} records waiting here, {} rejected",
+                p.waiting_records, p.rejected
+            )?;
+        }
+        if let Some(e) = &p.last_error {
+            writeln!(out, "           last error: {e}")?;
+        }
+    }
+    Ok(())
 }
 
 pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
@@ -91,6 +160,7 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     let status = Status {
         store: home.store_dir().display().to_string(),
         mount: None,
+        replication: None,
         figures: StoreFigures::compute(store.backend.as_ref())?,
     };
     print!("{}", render(&status, args.json)?);

@@ -1,8 +1,214 @@
-//! Replication between peers (DESIGN.md, "Replication"). Built so far: the transport's
-//! identity layer ([`tls`]): TLS 1.3 with mutual authentication, where each side accepts only
-//! the device ids it was told to trust. The wire protocol, notify worker, fetcher and apply
-//! come next and will sit on it.
+//! Replication between peers (DESIGN.md, "Replication").
 //!
-//! Tasks: none yet. The TLS configurations are plain values used by whoever accepts or dials.
+//! - [`tls`]: identity on the wire: TLS 1.3, mutual authentication, pinned device ids.
+//! - [`transport`]: TCP + TLS under tonic, both ends.
+//! - `proto` (generated) and [`wire`]: the protocol, and the one place its messages are
+//!   validated and turned into domain types.
+//! - `service`: the receiving side (`Hello`, `BatchNotify`, `StreamFile`) and per-sender inboxes.
+//! - `node`: shared state, and the sending side: one session per dialled peer, whose
+//!   notify worker debounces, batches and sends local changes.
+//! - [`fetcher`]: missing chunks by hash, bounded, with reads jumping the queue.
+//! - [`config`]: trusted peers and addresses.
+//!
+//! Tasks: everything runs on one tokio runtime owned by [`Replication`], with two worker
+//! threads; blocking store work goes to its blocking pool. [`Replication::stop`] shuts the
+//! runtime down and unhooks the fetcher from the chunk store.
 
+pub mod config;
+pub mod fetcher;
+pub mod node;
+#[doc(hidden)]
+pub mod proto;
+mod service;
 pub mod tls;
+pub mod transport;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::limits::{
+    HTTP2_WINDOW_BYTES, INBOX_RETRY_MS, KEEPALIVE_INTERVAL_MS, WIRE_MESSAGE_BYTES_MAX,
+};
+use crate::vfs::Vfs;
+
+pub use node::PeerStatus;
+
+/// Protocol version spoken (`proto/keibi.proto`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Errors starting replication.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Keys or TLS configuration.
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    /// The listen address could not be bound.
+    #[error("listening on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The runtime could not start.
+    #[error("starting the replication runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Replication figures for `keibi status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// Address peers connect to.
+    pub listen: Option<String>,
+    /// Each configured peer.
+    pub peers: Vec<PeerStatus>,
+    /// Chunks records reference that are not here yet (queued or being fetched).
+    pub chunks_missing: u64,
+    /// Chunks fetched from peers.
+    pub chunks_fetched: u64,
+    /// Bytes of chunks fetched.
+    pub bytes_fetched: u64,
+    /// Chunks that arrived bad or that a peer lacked.
+    pub fetch_errors: u64,
+    /// The last fetch error.
+    pub fetch_last_error: Option<String>,
+    /// Concurrent versions resolved (conflict copies and concurrent deletions).
+    pub conflicts: u64,
+    /// The last connection the listener refused (an untrusted device, a failed handshake).
+    pub last_refused: Option<String>,
+}
+
+/// Running replication of one store: the listener, a session per peer with an address, the
+/// fetcher.
+pub struct Replication {
+    runtime: parking_lot::Mutex<Option<tokio::runtime::Runtime>>,
+    node: Arc<node::Node>,
+    listen: Option<SocketAddr>,
+}
+
+impl Replication {
+    /// Starts replicating `vfs` with the peers of `config`, as `identity`.
+    ///
+    /// # Errors
+    /// [`Error::Listen`] when the listen address is taken; TLS configuration errors.
+    pub fn start(
+        vfs: &Arc<Vfs>,
+        identity: &tls::Identity,
+        config: &config::Config,
+    ) -> Result<Self, Error> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("keibi-replication")
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        let fetcher = fetcher::Fetcher::new(Arc::clone(vfs));
+        let node = Arc::new(node::Node::new(
+            Arc::clone(vfs),
+            Arc::clone(&fetcher),
+            &config.peers,
+        ));
+        let mut listen = None;
+        if let Some(address) = config.listen {
+            let server_config = Arc::new(tls::server_config(
+                identity,
+                config.peers.iter().map(|p| p.device),
+            )?);
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind(address))
+                .map_err(|source| Error::Listen { address, source })?;
+            listen = listener.local_addr().ok();
+            let service = service::Service {
+                node: Arc::clone(&node),
+            };
+            let refused = Arc::clone(&node.refused);
+            runtime.spawn(async move {
+                let incoming = tokio_stream::wrappers::ReceiverStream::new(transport::accept_loop(
+                    listener,
+                    server_config,
+                    refused,
+                ));
+                let server = proto::replication_server::ReplicationServer::new(service)
+                    .max_decoding_message_size(WIRE_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(WIRE_MESSAGE_BYTES_MAX);
+                let result = tonic::transport::Server::builder()
+                    .initial_stream_window_size(HTTP2_WINDOW_BYTES)
+                    .initial_connection_window_size(HTTP2_WINDOW_BYTES)
+                    .http2_keepalive_interval(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS)))
+                    .http2_keepalive_timeout(Some(Duration::from_millis(KEEPALIVE_INTERVAL_MS * 2)))
+                    .add_service(server)
+                    .serve_with_incoming(incoming)
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!("replication server stopped: {e}");
+                }
+            });
+        }
+        runtime.block_on(async { fetcher.start() });
+        vfs.chunks()
+            .set_remote(Some(Arc::new(fetcher::RemoteChunks(Arc::clone(&fetcher)))));
+        for peer in &config.peers {
+            runtime.spawn(node::run_peer(
+                Arc::clone(&node),
+                peer.clone(),
+                identity.clone(),
+            ));
+        }
+        let retry_node = Arc::clone(&node);
+        runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(INBOX_RETRY_MS)).await;
+                retry_node.retry_inboxes().await;
+            }
+        });
+        Ok(Self {
+            runtime: parking_lot::Mutex::new(Some(runtime)),
+            node,
+            listen,
+        })
+    }
+
+    /// The address peers connect to (with the port the system chose for port 0).
+    #[must_use]
+    pub fn listen_address(&self) -> Option<SocketAddr> {
+        self.listen
+    }
+
+    /// Figures for `keibi status`.
+    #[must_use]
+    pub fn status(&self) -> Status {
+        let (queued, in_flight) = self.node.fetcher.pending();
+        let s = &self.node.fetcher.stats;
+        Status {
+            listen: self.listen.map(|a| a.to_string()),
+            peers: self.node.peer_status(),
+            chunks_missing: (queued + in_flight) as u64,
+            chunks_fetched: s.chunks.load(Ordering::Relaxed),
+            bytes_fetched: s.bytes.load(Ordering::Relaxed),
+            fetch_errors: s.errors.load(Ordering::Relaxed),
+            fetch_last_error: self.node.fetcher.last_error(),
+            conflicts: self.node.counters.conflicts.load(Ordering::Relaxed),
+            last_refused: self.node.refused.lock().clone(),
+        }
+    }
+
+    /// Stops every task and closes every connection.
+    pub fn stop(&self) {
+        self.node.vfs.chunks().set_remote(None);
+        let rt = self.runtime.lock().take();
+        if let Some(rt) = rt {
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for Replication {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

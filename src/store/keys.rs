@@ -15,6 +15,17 @@ pub const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub const META_NEXT_INO: &[u8] = b"next_ino";
 /// Meta key: the chunk cipher (one byte, the frame's cipher code).
 pub const META_CIPHER: &[u8] = b"cipher";
+/// Prefix of `meta` keys holding, per peer store, the highest of its sequence numbers
+/// applied here: `peer_applied/` followed by the peer's index id as u64 BE.
+pub const META_PEER_APPLIED: &[u8] = b"peer_applied/";
+
+/// The `meta` key of the applied-sequence watermark of peer store `index_id`.
+#[must_use]
+pub fn peer_applied(index_id: u64) -> Vec<u8> {
+    let mut k = META_PEER_APPLIED.to_vec();
+    k.extend_from_slice(&index_id.to_be_bytes());
+    k
+}
 
 /// The smallest key greater than every key starting with `prefix`, `None` if there is none.
 #[must_use]

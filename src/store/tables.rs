@@ -102,6 +102,7 @@ impl Tables {
             version,
             seq: 1,
             tombstone: false,
+            origin: 0,
         };
         let mut b = Batch::new();
         b.put(
@@ -264,10 +265,30 @@ impl Tables {
     /// sequence number, moves its sequence-index entry, and writes its inode-map entry.
     /// Callers serialise record writes (the vfs tree lock), so sequence order is commit order.
     pub fn put_record(&self, batch: &mut Batch, record: &mut FileRecord) {
+        record.version.bump(self.index_id);
+        record.origin = 0;
+        self.put_sequenced(batch, record);
+    }
+
+    /// Adds `record` to `batch` as a version received from peer store `origin`: it keeps
+    /// its version vector, and gets the next local sequence number (so that catch-up and
+    /// other peers see it), marked as coming from `origin` so it is not sent back there.
+    pub fn put_remote_record(&self, batch: &mut Batch, record: &mut FileRecord, origin: u64) {
+        record.origin = origin;
+        self.put_sequenced(batch, record);
+    }
+
+    /// Adds `record` to `batch` unchanged in version and sequence: for fields that are
+    /// local bookkeeping (subdirectory counts) and for placing a record under a name that
+    /// every peer derives the same way (conflicts), which are not changes to replicate.
+    pub fn rewrite_record(&self, batch: &mut Batch, record: &FileRecord) {
+        batch.put(Cf::Files, record.id.to_be_bytes().to_vec(), record.encode());
+    }
+
+    fn put_sequenced(&self, batch: &mut Batch, record: &mut FileRecord) {
         let old_seq = record.seq;
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         record.seq = seq;
-        record.version.bump(self.index_id);
         if old_seq != 0 {
             batch.delete(Cf::Seq, keys::seq(old_seq).to_vec());
         }
@@ -287,6 +308,103 @@ impl Tables {
             record.id.to_be_bytes().to_vec(),
         );
         batch.put(Cf::Files, record.id.to_be_bytes().to_vec(), record.encode());
+    }
+
+    /// Calls `visit` with every record (tombstones included) until it returns false.
+    ///
+    /// # Errors
+    /// Store errors; an undecodable record.
+    pub fn for_each_record(&self, visit: &mut dyn FnMut(FileRecord) -> bool) -> Result<()> {
+        let mut failure = None;
+        self.backend.scan(
+            Cf::Files,
+            &[],
+            None,
+            &mut |k, v| match FileRecord::decode(v) {
+                Ok(r) => {
+                    if visit(r) {
+                        ControlFlow::Continue(())
+                    } else {
+                        ControlFlow::Break(())
+                    }
+                }
+                Err(e) => {
+                    failure = Some(Error::Malformed(format!(
+                        "record {}: {}",
+                        keys::file_id(k).map_or_else(|_| "?".into(), |id| id.to_string()),
+                        e.0
+                    )));
+                    ControlFlow::Break(())
+                }
+            },
+        )?;
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// The highest sequence number that has been handed out.
+    #[must_use]
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.load(Ordering::SeqCst).saturating_sub(1)
+    }
+
+    /// Records changed after sequence `after`, in sequence order: at most `limit`, each
+    /// with the sequence number it is filed under.
+    ///
+    /// # Errors
+    /// Store errors; a sequence entry whose record is missing or malformed.
+    pub fn changes_since(&self, after: u64, limit: usize) -> Result<Vec<FileRecord>> {
+        let mut ids = Vec::new();
+        let mut failure = None;
+        let from = keys::seq(after.saturating_add(1));
+        self.backend.scan(Cf::Seq, &from, None, &mut |k, v| {
+            match (keys::be_u64(k), keys::file_id(v)) {
+                (Ok(seq), Ok(id)) => ids.push((seq, id)),
+                (Err(e), _) | (_, Err(e)) => {
+                    failure = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            if ids.len() >= limit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for (seq, id) in ids {
+            // A record rewritten since the scan moved to a later sequence: skip it here,
+            // the caller meets it there.
+            match self.record(id)? {
+                Some(r) if r.seq == seq => out.push(r),
+                Some(_) => {}
+                None => {
+                    return Err(Error::Malformed(format!(
+                        "sequence {seq} names file {id}, which has no record"
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The highest sequence number of peer store `index_id` applied here (0: none).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn peer_applied(&self, index_id: u64) -> Result<u64> {
+        Ok(meta_u64(self.backend.as_ref(), &keys::peer_applied(index_id))?.unwrap_or(0))
+    }
+
+    /// Adds the applied-sequence watermark of peer store `index_id` to `batch`.
+    pub fn set_peer_applied(batch: &mut Batch, index_id: u64, seq: u64) {
+        batch.put(
+            Cf::Meta,
+            keys::peer_applied(index_id),
+            seq.to_le_bytes().to_vec(),
+        );
     }
 
     /// Adds the dirent `parent/name → child` to `batch`.

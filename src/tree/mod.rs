@@ -8,7 +8,8 @@ use crate::id::{ChunkId, FileId, Ino};
 use crate::limits::{NAME_BYTES_MAX, RECORD_BYTES_MAX, SYMLINK_TARGET_BYTES_MAX};
 
 /// Record encoding version written by this build (first byte of every stored record).
-pub const RECORD_VERSION: u8 = 1;
+/// Version 2 added `origin`; stores written by version 1 predate replication and are not read.
+pub const RECORD_VERSION: u8 = 2;
 
 /// What a record describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +117,25 @@ impl VersionVector {
         }
     }
 
+    /// The smallest vector that has seen everything both have: each store's larger counter.
+    #[must_use]
+    pub fn merged(&self, other: &Self) -> Self {
+        let mut out = self.clone();
+        for (s, c) in &other.0 {
+            match out.0.binary_search_by_key(s, |(k, _)| *k) {
+                Ok(i) => out.0[i].1 = out.0[i].1.max(*c),
+                Err(i) => out.0.insert(i, (*s, *c)),
+            }
+        }
+        out
+    }
+
+    /// True when the entries are sorted by store, unique, and every counter is above 0.
+    #[must_use]
+    pub fn is_canonical(&self) -> bool {
+        self.0.windows(2).all(|w| w[0].0 < w[1].0) && self.0.iter().all(|(_, c)| *c > 0)
+    }
+
     /// Compares two vectors.
     #[must_use]
     pub fn compare(&self, other: &Self) -> Order {
@@ -178,6 +198,9 @@ pub struct FileRecord {
     pub seq: u64,
     /// Deleted: kept so the deletion replicates; no dirent points to it.
     pub tombstone: bool,
+    /// Index id of the peer this version was applied from, 0 for a change made here. A
+    /// version is never sent back to the peer it came from.
+    pub origin: u64,
 }
 
 /// A stored record that cannot be decoded.
@@ -318,6 +341,7 @@ mod tests {
             version: VersionVector(vec![(1, 2), (9, 1)]),
             seq: 99,
             tombstone: false,
+            origin: 0,
         }
     }
 
@@ -339,7 +363,7 @@ mod tests {
         let r = record(10, b"a/b".to_vec());
         assert!(FileRecord::decode(&r.encode()).is_err());
         let mut bytes = record(10, b"a".to_vec()).encode();
-        bytes[0] = 2;
+        bytes[0] = 1;
         assert!(FileRecord::decode(&bytes).is_err());
         assert!(FileRecord::decode(&[]).is_err());
     }
@@ -356,6 +380,10 @@ mod tests {
         assert_eq!(a.compare(&b), Order::Concurrent);
         b.bump(1);
         assert_eq!(b.compare(&a), Order::Newer);
+        let m = a.merged(&b);
+        assert_eq!(m.compare(&a), Order::Newer);
+        assert_eq!(m.compare(&b), Order::Equal);
+        assert!(m.is_canonical());
     }
 
     #[test]

@@ -47,19 +47,38 @@ fn check_name(name: &[u8]) -> Result<()> {
     validate_name(name).map_err(Error::Invalid)
 }
 
-/// Records changed by one namespace operation, each written once.
-struct Changes(BTreeMap<FileId, FileRecord>);
+/// Records changed by one namespace operation, each written once. A record is either
+/// changed (a new version that replicates) or only touched: a parent directory whose
+/// modification time or subdirectory count follows from its children's changes, which every
+/// peer derives itself, so it keeps its version.
+struct Changes(BTreeMap<FileId, (FileRecord, bool)>);
 
 impl Changes {
+    fn entry<'a>(&'a mut self, vfs: &Vfs, id: FileId, changed: bool) -> Result<&'a mut FileRecord> {
+        let e = match self.0.entry(id) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert((vfs.live_record(id)?, false))
+            }
+        };
+        e.1 |= changed;
+        Ok(&mut e.0)
+    }
+    /// A record this operation changes.
     fn get<'a>(&'a mut self, vfs: &Vfs, id: FileId) -> Result<&'a mut FileRecord> {
-        match self.0.entry(id) {
-            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
-            std::collections::btree_map::Entry::Vacant(e) => Ok(e.insert(vfs.live_record(id)?)),
-        }
+        self.entry(vfs, id, true)
+    }
+    /// A parent directory this operation only touches.
+    fn touch<'a>(&'a mut self, vfs: &Vfs, id: FileId) -> Result<&'a mut FileRecord> {
+        self.entry(vfs, id, false)
     }
     fn write(self, tables: &Tables, batch: &mut Batch) {
-        for (_, mut r) in self.0 {
-            tables.put_record(batch, &mut r);
+        for (_, (mut r, changed)) in self.0 {
+            if changed {
+                tables.put_record(batch, &mut r);
+            } else {
+                tables.rewrite_record(batch, &r);
+            }
         }
     }
 }
@@ -140,6 +159,7 @@ impl Vfs {
             version: VersionVector::default(),
             seq: 0,
             tombstone: false,
+            origin: 0,
         };
         self.tables.put_record(&mut batch, &mut rec);
         Tables::put_dirent(&mut batch, dir.id, name, rec.id);
@@ -148,7 +168,7 @@ impl Vfs {
         if kind == Kind::Dir {
             dir.subdirs += 1;
         }
-        self.tables.put_record(&mut batch, &mut dir);
+        self.tables.rewrite_record(&mut batch, &dir);
         self.tables.backend().write(batch, Durability::Buffered)?;
         Ok(rec)
     }
@@ -298,7 +318,7 @@ impl Vfs {
             child.manifest.clear();
             child.size = 0;
         }
-        let parent_rec = changes.get(self, p.id)?;
+        let parent_rec = changes.touch(self, p.id)?;
         parent_rec.mtime = now;
         parent_rec.ctime = now;
         if dir {
@@ -388,8 +408,8 @@ impl Vfs {
                 d.ctime = now;
                 Tables::put_dirent(&mut batch, sp, name, dst);
                 if dst_kind == Kind::Dir && sp != dp {
-                    dec_subdirs(ch.get(self, dp)?);
-                    ch.get(self, sp)?.subdirs += 1;
+                    dec_subdirs(ch.touch(self, dp)?);
+                    ch.touch(self, sp)?.subdirs += 1;
                 }
             }
             (RenameMode::Replace, Some(dst)) => {
@@ -408,7 +428,7 @@ impl Vfs {
                     d.size = 0;
                 }
                 if was_dir {
-                    dec_subdirs(ch.get(self, dp)?);
+                    dec_subdirs(ch.touch(self, dp)?);
                 }
                 Tables::delete_dirent(&mut batch, sp, name);
             }
@@ -422,11 +442,11 @@ impl Vfs {
         s.ctime = now;
         Tables::put_dirent(&mut batch, dp, new_name, src);
         if src_kind == Kind::Dir && sp != dp {
-            dec_subdirs(ch.get(self, sp)?);
-            ch.get(self, dp)?.subdirs += 1;
+            dec_subdirs(ch.touch(self, sp)?);
+            ch.touch(self, dp)?.subdirs += 1;
         }
         for p in [sp, dp] {
-            let r = ch.get(self, p)?;
+            let r = ch.touch(self, p)?;
             r.mtime = now;
             r.ctime = now;
         }

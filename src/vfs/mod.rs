@@ -8,6 +8,7 @@
 //! Tasks: the [`seal::Sealer`] pool. Shutdown: [`Vfs::shutdown`] commits every open file;
 //! dropping the `Vfs` stops the pool.
 
+mod apply;
 mod dir;
 mod file;
 mod patch;
@@ -27,6 +28,7 @@ use crate::id::{ChunkId, FileId, Ino};
 use crate::store::{self, tables::Tables};
 use crate::tree::{FileRecord, Kind, Timestamp};
 
+pub use apply::{Applied, KernelCache, Outcome, conflict_name};
 pub use dir::RenameMode;
 pub use file::OpenFlags;
 
@@ -81,6 +83,7 @@ impl From<chunk::Error> for Error {
             chunk::Error::Store(s) => Self::Store(s),
             other @ (chunk::Error::Corrupt { .. }
             | chunk::Error::Missing(_)
+            | chunk::Error::Unavailable { .. }
             | chunk::Error::Key(_)
             | chunk::Error::Codec(_)
             | chunk::Error::GcOverrun) => Self::Chunk(Arc::new(other)),
@@ -97,6 +100,7 @@ impl Error {
             chunk::Error::Store(_)
             | chunk::Error::Corrupt { .. }
             | chunk::Error::Missing(_)
+            | chunk::Error::Unavailable { .. }
             | chunk::Error::Key(_)
             | chunk::Error::Codec(_)
             | chunk::Error::GcOverrun => Self::Chunk(e),
@@ -231,6 +235,8 @@ pub struct Vfs {
     sealer: seal::Sealer,
     /// Directory whose filesystem `statfs` reports.
     statfs_path: PathBuf,
+    /// Kernel caches to invalidate after applying a peer's change (set by the mount).
+    kernel: parking_lot::RwLock<Option<Arc<dyn KernelCache>>>,
 }
 
 impl Vfs {
@@ -249,6 +255,7 @@ impl Vfs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             statfs_path: statfs_path.to_path_buf(),
+            kernel: parking_lot::RwLock::new(None),
         };
         vfs.recover()?;
         Ok(vfs)

@@ -102,7 +102,8 @@ fn run(chunks: &ChunkStore, job: Job) {
         Job::Prefetch(id) => {
             // A failed prefetch is not an error: the reader will read the chunk itself and
             // get the error then.
-            let _ = chunks.get(&id);
+            // Local only: a prefetch never waits on a peer.
+            let _ = chunks.get_local(&id);
         }
     }
 }

@@ -1,0 +1,371 @@
+//! The fetcher: chunks that applied records reference and the store lacks, fetched by hash
+//! through `StreamFile` from any connected peer.
+//!
+//! Bounds: [`FETCH_STREAMS_MAX`] streams, each asking for at most [`FETCH_CHUNKS_PER_STREAM`]
+//! chunks, so at most [`FETCH_BYTES_IN_FLIGHT_MAX`] bytes are requested and not yet stored;
+//! the queue holds at most [`FETCH_QUEUE_CHUNKS_MAX`] ids (past that the fetcher rescans the
+//! tree for missing chunks once the queue runs dry). A chunk is never in flight twice, and
+//! a chunk the store already has is never asked for. Every chunk is checked against its hash
+//! (in the wire module) before it is stored; a bad one is counted and asked for again later.
+//!
+//! A read of a missing chunk ([`crate::chunk::Remote::fetch_now`]) puts it at the front of
+//! the queue and waits for it, at most [`FETCH_READ_TIMEOUT_MS`]; it then fails (EIO), never
+//! returning zeros.
+//!
+//! Tasks: [`FETCH_STREAMS_MAX`] tokio tasks and one rescan; they stop with the runtime.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::id::{ChunkId, DeviceId};
+use crate::limits::{
+    FETCH_CHUNKS_PER_STREAM, FETCH_QUEUE_CHUNKS_MAX, FETCH_READ_TIMEOUT_MS, FETCH_RETRY_MS,
+    FETCH_STREAMS_MAX, WIRE_MESSAGE_BYTES_MAX,
+};
+use crate::vfs::Vfs;
+
+use super::proto::replication_client::ReplicationClient;
+use super::{proto, wire};
+
+#[cfg(doc)]
+use crate::limits::FETCH_BYTES_IN_FLIGHT_MAX;
+
+/// Counters of the fetcher, for `keibi status`.
+#[derive(Default)]
+pub struct FetchStats {
+    /// Chunks fetched and stored.
+    pub chunks: AtomicU64,
+    /// Chunk bytes fetched.
+    pub bytes: AtomicU64,
+    /// Chunks that arrived bad (wrong hash, malformed) or that a peer did not have.
+    pub errors: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    urgent: VecDeque<ChunkId>,
+    normal: VecDeque<ChunkId>,
+    queued: HashSet<ChunkId>,
+    in_flight: HashSet<ChunkId>,
+    /// Readers waiting for a chunk.
+    waiters: HashMap<ChunkId, Vec<crossbeam_channel::Sender<Result<(), String>>>>,
+    /// Chunks that failed, and when to try them again.
+    retry: Vec<(Instant, ChunkId)>,
+    last_error: Option<String>,
+}
+
+/// The shared fetcher; see the module doc.
+pub struct Fetcher {
+    vfs: Arc<Vfs>,
+    queue: Mutex<Queue>,
+    wake: Notify,
+    /// Connected peers to fetch from.
+    sources: Mutex<Vec<(DeviceId, ReplicationClient<tonic::transport::Channel>)>>,
+    /// Set when ids were dropped from a full queue, or at start: rescan the tree.
+    rescan: AtomicBool,
+    /// Counters.
+    pub stats: FetchStats,
+}
+
+impl Fetcher {
+    /// A fetcher for `vfs`'s store; [`Self::start`] runs it.
+    #[must_use]
+    pub fn new(vfs: Arc<Vfs>) -> Arc<Self> {
+        Arc::new(Self {
+            vfs,
+            queue: Mutex::new(Queue::default()),
+            wake: Notify::new(),
+            sources: Mutex::new(Vec::new()),
+            rescan: AtomicBool::new(true),
+            stats: FetchStats::default(),
+        })
+    }
+
+    /// Starts the stream tasks on the current runtime.
+    pub fn start(self: &Arc<Self>) {
+        for _ in 0..FETCH_STREAMS_MAX {
+            let me = Arc::clone(self);
+            tokio::spawn(async move { me.run().await });
+        }
+    }
+
+    /// Makes `client` (a connection to `device`) a source of chunks.
+    pub fn add_source(
+        &self,
+        device: DeviceId,
+        client: ReplicationClient<tonic::transport::Channel>,
+    ) {
+        let mut s = self.sources.lock();
+        s.retain(|(d, _)| *d != device);
+        s.push((device, client));
+        drop(s);
+        self.wake.notify_waiters();
+    }
+
+    /// Stops fetching from `device`.
+    pub fn remove_source(&self, device: DeviceId) {
+        self.sources.lock().retain(|(d, _)| *d != device);
+    }
+
+    /// Queues chunks to fetch (those already queued or in flight are skipped).
+    pub fn enqueue(&self, ids: impl IntoIterator<Item = ChunkId>) {
+        let mut q = self.queue.lock();
+        let mut any = false;
+        for id in ids {
+            if q.queued.contains(&id) || q.in_flight.contains(&id) {
+                continue;
+            }
+            if q.queued.len() >= FETCH_QUEUE_CHUNKS_MAX {
+                self.rescan.store(true, Ordering::SeqCst);
+                break;
+            }
+            q.queued.insert(id);
+            q.normal.push_back(id);
+            any = true;
+        }
+        drop(q);
+        if any {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Chunks queued or in flight.
+    #[must_use]
+    pub fn pending(&self) -> (usize, usize) {
+        let q = self.queue.lock();
+        (q.queued.len() + q.retry.len(), q.in_flight.len())
+    }
+
+    /// The last fetch error.
+    #[must_use]
+    pub fn last_error(&self) -> Option<String> {
+        self.queue.lock().last_error.clone()
+    }
+
+    /// Takes the next ids to ask for: urgent first, then queued, then due retries.
+    fn next_ids(&self) -> Vec<ChunkId> {
+        let mut q = self.queue.lock();
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = q.retry.drain(..).partition(|(t, _)| *t <= now);
+        q.retry = later;
+        for (_, id) in due {
+            if q.queued.insert(id) {
+                q.normal.push_back(id);
+            }
+        }
+        let mut out = Vec::new();
+        while out.len() < FETCH_CHUNKS_PER_STREAM {
+            let Some(id) = q.urgent.pop_front().or_else(|| q.normal.pop_front()) else {
+                break;
+            };
+            if !q.queued.remove(&id) || q.in_flight.contains(&id) {
+                continue;
+            }
+            q.in_flight.insert(id);
+            out.push(id);
+        }
+        out
+    }
+
+    fn finish(&self, id: ChunkId, result: &Result<(), String>) {
+        let mut q = self.queue.lock();
+        q.in_flight.remove(&id);
+        match result {
+            Ok(()) => {}
+            Err(e) => {
+                q.last_error = Some(e.clone());
+                q.retry
+                    .push((Instant::now() + Duration::from_millis(FETCH_RETRY_MS), id));
+            }
+        }
+        let waiters = if result.is_ok() {
+            q.waiters.remove(&id).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        drop(q);
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            if self.rescan.swap(false, Ordering::SeqCst) && self.queue.lock().queued.is_empty() {
+                let vfs = Arc::clone(&self.vfs);
+                match tokio::task::spawn_blocking(move || {
+                    vfs.missing_chunks(FETCH_QUEUE_CHUNKS_MAX)
+                })
+                .await
+                {
+                    Ok(Ok(ids)) => self.enqueue(ids),
+                    Ok(Err(e)) => tracing::warn!("looking for missing chunks: {e}"),
+                    Err(e) => tracing::warn!("looking for missing chunks: {e}"),
+                }
+            }
+            let source = self.sources.lock().first().map(|(d, c)| (*d, c.clone()));
+            let ids = if source.is_some() {
+                self.next_ids()
+            } else {
+                Vec::new()
+            };
+            let (Some((device, client)), false) = (source, ids.is_empty()) else {
+                // Nothing to do, or nobody to ask: wait for work, a peer, or a retry.
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(FETCH_RETRY_MS),
+                    self.wake.notified(),
+                )
+                .await;
+                continue;
+            };
+            self.fetch(device, client, ids).await;
+        }
+    }
+
+    /// Asks `client` for `ids` (skipping those the store got meanwhile) and stores what
+    /// arrives.
+    async fn fetch(
+        &self,
+        device: DeviceId,
+        client: ReplicationClient<tonic::transport::Channel>,
+        ids: Vec<ChunkId>,
+    ) {
+        let mut want = Vec::new();
+        for id in ids {
+            match self.vfs.chunks().contains(&id) {
+                Ok(true) => self.finish(id, &Ok(())),
+                Ok(false) | Err(_) => want.push(id),
+            }
+        }
+        if want.is_empty() {
+            return;
+        }
+        let req = proto::ChunkRequest {
+            ids: want.iter().map(|i| i.0.to_vec()).collect(),
+        };
+        let mut open: HashSet<ChunkId> = want.iter().copied().collect();
+        let result = async {
+            let mut stream = client
+                .max_decoding_message_size(WIRE_MESSAGE_BYTES_MAX)
+                .stream_file(req)
+                .await
+                .map_err(|e| format!("StreamFile to {device}: {}", e.message()))?
+                .into_inner();
+            while let Some(msg) = stream
+                .message()
+                .await
+                .map_err(|e| format!("StreamFile from {device}: {}", e.message()))?
+            {
+                match wire::chunk_data(&msg) {
+                    Ok((id, _)) if !open.contains(&id) => {
+                        return Err(format!("{device} sent chunk {id}, which was not asked for"));
+                    }
+                    Ok((id, Some(data))) => {
+                        open.remove(&id);
+                        let chunks = Arc::clone(self.vfs.chunks());
+                        let len = data.len() as u64;
+                        let stored =
+                            tokio::task::spawn_blocking(move || chunks.put_with_id(id, &data))
+                                .await
+                                .map_err(|e| e.to_string())
+                                .and_then(|r| r.map_err(|e| e.to_string()));
+                        if stored.is_ok() {
+                            self.stats.chunks.fetch_add(1, Ordering::Relaxed);
+                            self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+                        } else {
+                            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.finish(id, &stored);
+                    }
+                    Ok((id, None)) => {
+                        open.remove(&id);
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        self.finish(id, &Err(format!("{device} does not have chunk {id}")));
+                    }
+                    Err(e) => {
+                        // A lying or broken peer: count it, and drop the stream.
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("from {device}: {e}");
+                        return Err(format!("from {device}: {e}"));
+                    }
+                }
+            }
+            Ok::<(), String>(())
+        }
+        .await;
+        let leftover = match result {
+            Ok(()) => "stream ended before every chunk arrived".to_string(),
+            Err(e) => e,
+        };
+        for id in open {
+            self.finish(id, &Err(leftover.clone()));
+        }
+    }
+
+    /// Fetches `id` ahead of everything else and waits for it (bounded).
+    fn fetch_now_blocking(&self, id: &ChunkId) -> Result<(), String> {
+        if self.vfs.chunks().contains(id).unwrap_or(false) {
+            return Ok(());
+        }
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        {
+            let mut q = self.queue.lock();
+            q.waiters.entry(*id).or_default().push(tx);
+            if !q.in_flight.contains(id) {
+                q.queued.insert(*id);
+                q.urgent.push_back(*id);
+                q.retry.retain(|(_, r)| r != id);
+            }
+        }
+        self.wake.notify_waiters();
+        // The chunk may have been stored between the check and the registration.
+        if self.vfs.chunks().contains(id).unwrap_or(false) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_millis(FETCH_READ_TIMEOUT_MS);
+        loop {
+            match rx.recv_timeout(Duration::from_millis(FETCH_RETRY_MS)) {
+                Ok(r) => return r,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    if self.vfs.chunks().contains(id).unwrap_or(false) {
+                        return Ok(());
+                    }
+                    if Instant::now() >= deadline {
+                        let why = self.last_error().unwrap_or_else(|| {
+                            if self.sources.lock().is_empty() {
+                                "no peer is connected".into()
+                            } else {
+                                "no peer delivered it".into()
+                            }
+                        });
+                        return Err(format!("waited {} s: {why}", FETCH_READ_TIMEOUT_MS / 1000));
+                    }
+                    // Keep it at the front while waiting (a failure moved it to retry).
+                    let mut q = self.queue.lock();
+                    if !q.in_flight.contains(id) && q.queued.insert(*id) {
+                        q.urgent.push_back(*id);
+                    }
+                    drop(q);
+                    self.wake.notify_waiters();
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err("fetcher stopped".into());
+                }
+            }
+        }
+    }
+}
+
+/// The chunk store's window onto the fetcher.
+pub struct RemoteChunks(pub Arc<Fetcher>);
+
+impl crate::chunk::Remote for RemoteChunks {
+    fn fetch_now(&self, id: &ChunkId) -> Result<(), String> {
+        self.0.fetch_now_blocking(id)
+    }
+}

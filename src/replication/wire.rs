@@ -1,0 +1,399 @@
+//! The edge of the protocol: generated types in, validated domain types out, and back.
+//! Everything a peer sends is checked here once (lengths, names, ids, kinds, manifest
+//! sizes); nothing inward sees a prost type.
+
+use crate::chunk::chunk_count;
+use crate::id::{ChunkId, FileId};
+use crate::limits::{
+    CHUNK_BYTES, FILE_BYTES_MAX, SYMLINK_TARGET_BYTES_MAX, WIRE_CHUNKS_PER_REQUEST_MAX,
+    WIRE_MANIFEST_PART_CHUNKS, WIRE_PARTIAL_RECORDS_MAX,
+};
+use crate::tree::{FileRecord, Kind, Timestamp, VersionVector, validate_name};
+
+use super::proto;
+
+/// A message from a peer that breaks the protocol.
+#[derive(Debug, thiserror::Error)]
+#[error("bad message from peer: {0}")]
+pub struct WireError(pub String);
+
+fn bad(s: impl Into<String>) -> WireError {
+    WireError(s.into())
+}
+
+fn file_id(bytes: &[u8], what: &str) -> Result<FileId, WireError> {
+    let id = FileId::from_be_slice(bytes).ok_or_else(|| bad(format!("{what}: not 16 bytes")))?;
+    if id != FileId::ROOT && id.0 < (1 << 16) {
+        return Err(bad(format!("{what}: reserved file id {id}")));
+    }
+    Ok(id)
+}
+
+/// A chunk id from the wire.
+///
+/// # Errors
+/// Not 32 bytes.
+pub fn chunk_id(bytes: &[u8]) -> Result<ChunkId, WireError> {
+    ChunkId::from_slice(bytes).ok_or_else(|| bad("chunk id: not 32 bytes"))
+}
+
+fn kind_from(k: i32) -> Result<Kind, WireError> {
+    Ok(
+        match proto::Kind::try_from(k).map_err(|_| bad(format!("unknown kind {k}")))? {
+            proto::Kind::File => Kind::File,
+            proto::Kind::Dir => Kind::Dir,
+            proto::Kind::Symlink => Kind::Symlink,
+            proto::Kind::Fifo => Kind::Fifo,
+            proto::Kind::Socket => Kind::Socket,
+            proto::Kind::CharDevice => Kind::CharDevice,
+            proto::Kind::BlockDevice => Kind::BlockDevice,
+        },
+    )
+}
+
+fn kind_to(k: Kind) -> proto::Kind {
+    match k {
+        Kind::File => proto::Kind::File,
+        Kind::Dir => proto::Kind::Dir,
+        Kind::Symlink => proto::Kind::Symlink,
+        Kind::Fifo => proto::Kind::Fifo,
+        Kind::Socket => proto::Kind::Socket,
+        Kind::CharDevice => proto::Kind::CharDevice,
+        Kind::BlockDevice => proto::Kind::BlockDevice,
+    }
+}
+
+fn time(secs: i64, nanos: u32, what: &str) -> Result<Timestamp, WireError> {
+    if nanos >= 1_000_000_000 {
+        return Err(bad(format!("{what}: nanoseconds out of range")));
+    }
+    Ok(Timestamp { secs, nanos })
+}
+
+/// The wire parts of `r`: one, or several when its manifest is longer than one part.
+#[must_use]
+pub fn record_parts(r: &FileRecord) -> Vec<proto::Record> {
+    // A deletion carries no content (a local open file may still keep its chunks).
+    let (size, manifest): (u64, &[ChunkId]) = if r.tombstone {
+        (0, &[])
+    } else {
+        (r.size, &r.manifest)
+    };
+    let header = |offset: usize, hashes: &[ChunkId]| proto::Record {
+        id: r.id.to_be_bytes().to_vec(),
+        kind: kind_to(r.kind).into(),
+        parent: r.parent.to_be_bytes().to_vec(),
+        name: r.name.clone(),
+        mode: r.mode,
+        uid: r.uid,
+        gid: r.gid,
+        rdev: r.rdev,
+        mtime_secs: r.mtime.secs,
+        mtime_nanos: r.mtime.nanos,
+        ctime_secs: r.ctime.secs,
+        ctime_nanos: r.ctime.nanos,
+        size,
+        manifest_offset: offset as u64,
+        manifest: hashes.iter().map(|c| c.0.to_vec()).collect(),
+        target: r.target.clone(),
+        version: r
+            .version
+            .0
+            .iter()
+            .map(|(s, c)| proto::VersionEntry {
+                index_id: *s,
+                counter: *c,
+            })
+            .collect(),
+        tombstone: r.tombstone,
+        seq: r.seq,
+    };
+    if manifest.is_empty() {
+        return vec![header(0, &[])];
+    }
+    manifest
+        .chunks(WIRE_MANIFEST_PART_CHUNKS)
+        .enumerate()
+        .map(|(i, part)| header(i * WIRE_MANIFEST_PART_CHUNKS, part))
+        .collect()
+}
+
+/// Approximate encoded size of a record part, for batch bounds.
+#[must_use]
+pub fn part_bytes(p: &proto::Record) -> usize {
+    128 + p.name.len() + p.target.len() + p.manifest.len() * 34 + p.version.len() * 20
+}
+
+/// Checks everything a record part says, except manifest completeness.
+fn header(p: &proto::Record) -> Result<FileRecord, WireError> {
+    let id = file_id(&p.id, "id")?;
+    let parent = file_id(&p.parent, "parent")?;
+    let kind = kind_from(p.kind)?;
+    if id == FileId::ROOT {
+        if parent != FileId::ROOT || !p.name.is_empty() || kind != Kind::Dir || p.tombstone {
+            return Err(bad(
+                "root record must be a live directory, its own parent, unnamed",
+            ));
+        }
+    } else {
+        validate_name(&p.name)
+            .map_err(|e| bad(format!("name {:?}: {e}", String::from_utf8_lossy(&p.name))))?;
+        if parent == id {
+            return Err(bad("record is its own parent"));
+        }
+    }
+    if p.mode > 0o7777 {
+        return Err(bad(format!("mode {:o} has bits beyond 0o7777", p.mode)));
+    }
+    if p.target.len() > SYMLINK_TARGET_BYTES_MAX {
+        return Err(bad("symlink target too long"));
+    }
+    if p.size > FILE_BYTES_MAX {
+        return Err(bad(format!("size {} beyond the largest file", p.size)));
+    }
+    if kind != Kind::File && (!p.manifest.is_empty() || p.manifest_offset != 0) {
+        return Err(bad("manifest on a record that is not a file"));
+    }
+    let version = VersionVector(p.version.iter().map(|e| (e.index_id, e.counter)).collect());
+    if version.0.is_empty() || !version.is_canonical() {
+        return Err(bad(
+            "version vector empty, unsorted, repeated or with a zero counter",
+        ));
+    }
+    Ok(FileRecord {
+        id,
+        ino: 0,
+        kind,
+        parent,
+        name: p.name.clone(),
+        mode: p.mode,
+        uid: p.uid,
+        gid: p.gid,
+        rdev: p.rdev,
+        atime: time(p.mtime_secs, p.mtime_nanos, "mtime")?,
+        mtime: time(p.mtime_secs, p.mtime_nanos, "mtime")?,
+        ctime: time(p.ctime_secs, p.ctime_nanos, "ctime")?,
+        size: p.size,
+        manifest: Vec::new(),
+        target: p.target.clone(),
+        subdirs: 0,
+        version,
+        seq: p.seq,
+        tombstone: p.tombstone,
+        origin: 0,
+    })
+}
+
+/// Puts records back together from their parts, one sender's stream at a time.
+#[derive(Default)]
+pub struct Assembler {
+    /// Records whose manifest is still arriving: at most [`WIRE_PARTIAL_RECORDS_MAX`].
+    partial: Vec<FileRecord>,
+}
+
+impl Assembler {
+    /// Takes one part; returns the record once complete and valid.
+    ///
+    /// # Errors
+    /// A malformed part; a part that does not continue its record.
+    pub fn take(&mut self, p: &proto::Record) -> Result<Option<FileRecord>, WireError> {
+        let head = header(p)?;
+        let expected = if head.kind == Kind::File && !head.tombstone {
+            chunk_count(head.size)
+        } else {
+            // A tombstone may be sent with the content an open file keeps: no manifest.
+            0
+        };
+        if p.manifest.len() > WIRE_MANIFEST_PART_CHUNKS {
+            return Err(bad("manifest part too long"));
+        }
+        let hashes = p
+            .manifest
+            .iter()
+            .map(|h| chunk_id(h))
+            .collect::<Result<Vec<_>, _>>()?;
+        let at = self.partial.iter().position(|r| r.id == head.id);
+        let mut rec = match (at, p.manifest_offset) {
+            (None, 0) => head,
+            (Some(i), off) => {
+                let prev = self.partial.swap_remove(i);
+                if off != prev.manifest.len() as u64
+                    || prev.size != head.size
+                    || prev.version != head.version
+                {
+                    return Err(bad(format!("manifest part of {} out of order", head.id)));
+                }
+                prev
+            }
+            (None, _) => {
+                return Err(bad(format!(
+                    "manifest part of {} without its start",
+                    head.id
+                )));
+            }
+        };
+        rec.manifest.extend(hashes);
+        let have = rec.manifest.len() as u64;
+        if have > expected {
+            return Err(bad(format!(
+                "{have} manifest entries for {} bytes",
+                rec.size
+            )));
+        }
+        if have < expected {
+            if self.partial.len() >= WIRE_PARTIAL_RECORDS_MAX {
+                return Err(bad("too many records with manifests in flight"));
+            }
+            self.partial.push(rec);
+            return Ok(None);
+        }
+        if rec.tombstone {
+            rec.manifest.clear();
+            rec.size = 0;
+        }
+        rec.validate().map_err(|e| bad(e.0))?;
+        Ok(Some(rec))
+    }
+}
+
+/// The chunk ids of a `StreamFile` request.
+///
+/// # Errors
+/// Too many ids; an id that is not 32 bytes.
+pub fn chunk_request(r: &proto::ChunkRequest) -> Result<Vec<ChunkId>, WireError> {
+    if r.ids.len() > WIRE_CHUNKS_PER_REQUEST_MAX {
+        return Err(bad(format!(
+            "{} chunks asked at once, at most {WIRE_CHUNKS_PER_REQUEST_MAX}",
+            r.ids.len()
+        )));
+    }
+    r.ids.iter().map(|i| chunk_id(i)).collect()
+}
+
+/// A chunk received: its id and bytes, checked against the hash.
+///
+/// # Errors
+/// A malformed id, more than one chunk of data, or bytes that do not hash to the id.
+pub fn chunk_data(d: &proto::ChunkData) -> Result<(ChunkId, Option<bytes::Bytes>), WireError> {
+    let id = chunk_id(&d.id)?;
+    if d.missing {
+        return Ok((id, None));
+    }
+    if d.data.len() > CHUNK_BYTES {
+        return Err(bad(format!("chunk {id} of {} bytes", d.data.len())));
+    }
+    if ChunkId::of(&d.data) != id {
+        return Err(bad(format!("chunk {id}: data does not match its hash")));
+    }
+    Ok((id, Some(d.data.clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::CHUNK_BYTES_U64;
+
+    fn rec(size: u64) -> FileRecord {
+        FileRecord {
+            id: FileId((1 << 127) | 0x4d),
+            ino: 9,
+            kind: Kind::File,
+            parent: FileId::ROOT,
+            name: b"a.txt".to_vec(),
+            mode: 0o755,
+            uid: 1,
+            gid: 2,
+            rdev: 0,
+            atime: Timestamp { secs: 3, nanos: 4 },
+            mtime: Timestamp { secs: 3, nanos: 4 },
+            ctime: Timestamp { secs: 5, nanos: 6 },
+            size,
+            manifest: (0..chunk_count(size))
+                .map(|i| ChunkId::of(&i.to_le_bytes()))
+                .collect(),
+            target: vec![],
+            subdirs: 0,
+            version: VersionVector(vec![(3, 1), (8, 2)]),
+            seq: 12,
+            tombstone: false,
+            origin: 0,
+        }
+    }
+
+    fn round_trip(r: &FileRecord) -> Result<Vec<FileRecord>, WireError> {
+        let mut a = Assembler::default();
+        let mut out = Vec::new();
+        for p in record_parts(r) {
+            out.extend(a.take(&p)?);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn records_round_trip_and_large_manifests_split() {
+        let small = rec(1000);
+        let got = round_trip(&small).expect("valid");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].manifest, small.manifest);
+        assert_eq!(got[0].mode, 0o755);
+        let big = rec(CHUNK_BYTES_U64 * (WIRE_MANIFEST_PART_CHUNKS as u64 * 2 + 3));
+        let parts = record_parts(&big);
+        assert_eq!(parts.len(), 3);
+        assert!(
+            parts
+                .iter()
+                .all(|p| part_bytes(p) < crate::limits::WIRE_MESSAGE_BYTES_MAX)
+        );
+        let got = round_trip(&big).expect("valid");
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].manifest, big.manifest);
+    }
+
+    #[test]
+    fn bad_records_are_refused() {
+        type Mutation = Box<dyn Fn(&mut proto::Record)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("dotdot", Box::new(|p| p.name = b"..".to_vec())),
+            ("slash", Box::new(|p| p.name = b"a/b".to_vec())),
+            ("nul", Box::new(|p| p.name = b"a\0b".to_vec())),
+            ("long", Box::new(|p| p.name = vec![b'a'; 256])),
+            ("short id", Box::new(|p| p.id = vec![1, 2])),
+            (
+                "reserved id",
+                Box::new(|p| p.id = 5u128.to_be_bytes().to_vec()),
+            ),
+            ("kind", Box::new(|p| p.kind = 99)),
+            ("mode", Box::new(|p| p.mode = 0o170_000)),
+            ("manifest", Box::new(|p| p.manifest.push(vec![0; 32]))),
+            ("hash len", Box::new(|p| p.manifest[0] = vec![0; 31])),
+            ("version", Box::new(|p| p.version.clear())),
+            ("nanos", Box::new(|p| p.mtime_nanos = 2_000_000_000)),
+        ];
+        for (what, mutate) in cases {
+            let mut p = record_parts(&rec(1000)).remove(0);
+            mutate(&mut p);
+            assert!(Assembler::default().take(&p).is_err(), "{what} accepted");
+        }
+    }
+
+    #[test]
+    fn chunks_are_checked_against_their_hash() {
+        let data = bytes::Bytes::from_static(b"hello");
+        let good = proto::ChunkData {
+            id: ChunkId::of(&data).0.to_vec(),
+            data: data.clone(),
+            missing: false,
+        };
+        assert!(chunk_data(&good).is_ok());
+        let lying = proto::ChunkData {
+            id: ChunkId::of(b"other").0.to_vec(),
+            data,
+            missing: false,
+        };
+        assert!(chunk_data(&lying).is_err());
+        let many = proto::ChunkRequest {
+            ids: vec![vec![0; 32]; WIRE_CHUNKS_PER_REQUEST_MAX + 1],
+        };
+        assert!(chunk_request(&many).is_err());
+    }
+}

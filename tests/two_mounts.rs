@@ -1,0 +1,275 @@
+//! Two real `keibi mount` processes replicating over TLS on 127.0.0.1: the failures of the
+//! file-sync filesystem keibi learned from, as regression tests, then git across the mounts.
+#![expect(clippy::expect_used, reason = "test code fails loudly on setup errors")]
+
+#[expect(dead_code, reason = "each test binary uses part of the shared harness")]
+mod mounted;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mounted::{Mount, fuse_available, keibi};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Two homes, initialised, and their mounts connected to each other.
+struct Pair {
+    a: Mount,
+    b: Mount,
+    _homes: (tempfile::TempDir, tempfile::TempDir),
+    _mnts: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn init(home: &Path) -> String {
+    let (code, _, err) = keibi(home, &["init"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = keibi(home, &["id"]);
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_string()
+}
+
+fn pair() -> Pair {
+    let (ha, hb) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (ma, mb) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (ida, idb) = (init(ha.path()), init(hb.path()));
+    let (pa, pb) = (free_port(), free_port());
+    let args = |port: u16, peer: &str, peer_port: u16| {
+        vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--peer".to_string(),
+            format!("{peer}@127.0.0.1:{peer_port}"),
+        ]
+    };
+    let aa = args(pa, &idb, pb);
+    let ab = args(pb, &ida, pa);
+    let a = Mount::with_args(
+        ha.path(),
+        ma.path(),
+        &aa.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let b = Mount::with_args(
+        hb.path(),
+        mb.path(),
+        &ab.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    Pair {
+        a,
+        b,
+        _homes: (ha, hb),
+        _mnts: (ma, mb),
+    }
+}
+
+/// Polls `ok` every 50 ms for at most `secs` seconds.
+fn wait_until(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < end {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok()
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "keibi test")
+        .env("GIT_AUTHOR_EMAIL", "test@keibi.invalid")
+        .env("GIT_COMMITTER_NAME", "keibi test")
+        .env("GIT_COMMITTER_EMAIL", "test@keibi.invalid")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every file under `root` with its mode bits and content hash, by relative path.
+fn listing(root: &Path) -> Vec<(String, u32, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let rel = p
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
+            if meta.is_dir() {
+                stack.push(p);
+                out.push((rel, meta.permissions().mode() & 0o7777, String::new()));
+            } else if meta.is_file() {
+                let hash = std::fs::read(&p).map_or_else(
+                    |e| format!("unreadable: {e}"),
+                    |d| blake3::hash(&d).to_hex()[..16].to_string(),
+                );
+                out.push((rel, meta.permissions().mode() & 0o7777, hash));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_file_appears_on_the_other_mount_after_a_failed_lookup_and_grows_after_close() {
+    if !fuse_available("two mounts") {
+        return;
+    }
+    let p = pair();
+    let (a, b) = (p.a.path().to_path_buf(), p.b.path().to_path_buf());
+    // B looks first and gets ENOENT; the file then appears (no cached negative entry).
+    assert!(std::fs::metadata(b.join("late.txt")).is_err());
+    std::fs::write(a.join("late.txt"), b"here now").expect("write");
+    assert!(
+        wait_until(20, || std::fs::read(b.join("late.txt"))
+            .is_ok_and(|d| d == b"here now")),
+        "late.txt never appeared on B: {}",
+        p.b.log_text()
+    );
+    // A pack that gains its 20-byte trailer after the first close.
+    let mut pack = vec![7u8; 3 * 1024 * 1024 + 11];
+    std::fs::write(a.join("pack"), &pack).expect("write");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(a.join("pack"))
+        .expect("open");
+    f.write_all(&[0xAB; 20]).expect("append");
+    drop(f);
+    pack.extend_from_slice(&[0xAB; 20]);
+    assert!(wait_until(20, || std::fs::read(b.join("pack"))
+        .is_ok_and(|d| d == pack)));
+    // An executable keeps its mode.
+    std::fs::write(a.join("hook"), b"#!/bin/sh\necho hook ran\n").expect("write");
+    std::fs::set_permissions(a.join("hook"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    assert!(wait_until(20, || std::fs::metadata(b.join("hook"))
+        .is_ok_and(|m| m.permissions().mode() & 0o777 == 0o755)));
+    let out = Command::new(b.join("hook"))
+        .output()
+        .expect("run hook on B");
+    assert_eq!(out.stdout, b"hook ran\n");
+    // A growing download renamed into place when complete (LFS style).
+    std::fs::create_dir_all(a.join("lfs/incomplete")).expect("mkdir");
+    std::fs::create_dir_all(a.join("lfs/objects")).expect("mkdir");
+    let mut obj = Vec::new();
+    let mut f = std::fs::File::create(a.join("lfs/incomplete/obj")).expect("create");
+    for i in 0..20u8 {
+        let piece = vec![i; 300 * 1024];
+        f.write_all(&piece).expect("write");
+        f.sync_data().expect("fsync");
+        obj.extend_from_slice(&piece);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(f);
+    std::fs::rename(a.join("lfs/incomplete/obj"), a.join("lfs/objects/obj")).expect("rename");
+    assert!(wait_until(30, || std::fs::read(b.join("lfs/objects/obj"))
+        .is_ok_and(|d| d == obj)));
+    assert!(!b.join("lfs/incomplete/obj").exists());
+    // 650 files closed in a burst.
+    std::fs::create_dir(a.join("burst")).expect("mkdir");
+    for i in 0..650 {
+        std::fs::write(a.join(format!("burst/{i}")), format!("file {i}")).expect("write");
+    }
+    assert!(
+        wait_until(60, || listing(&a.join("burst"))
+            == listing(&b.join("burst"))),
+        "burst did not converge: {}",
+        p.b.log_text()
+    );
+    let (code, out, _) = keibi(p.b.home(), &["status"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("connected"), "{out}");
+    assert!(out.contains("X25519MLKEM768"), "{out}");
+}
+
+#[test]
+fn git_clone_on_one_mount_status_and_commit_on_the_other() {
+    if !fuse_available("git across mounts") {
+        return;
+    }
+    let p = pair();
+    let (a, b) = (p.a.path().to_path_buf(), p.b.path().to_path_buf());
+    // A source repository of 600+ files on a local disk.
+    let src = tempfile::tempdir().expect("dir");
+    let s = src.path();
+    git(s, &["init", "-q", "-b", "main"]);
+    for d in 0..20 {
+        std::fs::create_dir(s.join(format!("dir{d}"))).expect("mkdir");
+        for f in 0..31 {
+            std::fs::write(
+                s.join(format!("dir{d}/file{f}.txt")),
+                format!("directory {d} file {f}\n").repeat(40),
+            )
+            .expect("write");
+        }
+    }
+    std::fs::write(s.join("big.bin"), vec![42u8; 3 << 20]).expect("write");
+    git(s, &["add", "."]);
+    git(s, &["commit", "-q", "-m", "initial"]);
+
+    git(&a, &["clone", "-q", &s.display().to_string(), "repo"]);
+    let ra = a.join("repo");
+    let rb = b.join("repo");
+    assert!(
+        wait_until(90, || listing(&ra) == listing(&rb)),
+        "the clone did not converge on B: {}",
+        p.b.log_text()
+    );
+    assert_eq!(
+        git(&rb, &["status", "--porcelain"]),
+        "",
+        "git status on B is not clean"
+    );
+    // A branch and a commit on B, visible and sound on A.
+    git(&rb, &["checkout", "-q", "-b", "from-b"]);
+    std::fs::write(rb.join("dir0/file0.txt"), "changed on B\n").expect("write");
+    git(&rb, &["commit", "-q", "-am", "change on B"]);
+    let head_b = git(&rb, &["rev-parse", "HEAD"]);
+    assert!(
+        wait_until(60, || listing(&ra) == listing(&rb)),
+        "B's commit did not converge on A: {}",
+        p.a.log_text()
+    );
+    assert_eq!(git(&ra, &["rev-parse", "from-b"]), head_b);
+    git(&ra, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(git(&ra, &["status", "--porcelain"]), "");
+    // Hooks cloned on A keep their exec bit on B.
+    let hook = rb.join(".git/hooks/pre-commit.sample");
+    assert_eq!(
+        std::fs::metadata(&hook).expect("hook").permissions().mode() & 0o111,
+        0o111
+    );
+}
