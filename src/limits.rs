@@ -107,8 +107,6 @@ pub const WIRE_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 pub const WIRE_MANIFEST_PART_CHUNKS: usize = 16 * 1024;
 /// Chunk ids in one `StreamFile` request.
 pub const WIRE_CHUNKS_PER_REQUEST_MAX: usize = 64;
-/// Records whose manifest is still arriving in parts, per sender.
-pub const WIRE_PARTIAL_RECORDS_MAX: usize = 4;
 
 /// A content change is sent once its file has been stable this long (reset by each
 /// change), in milliseconds.

@@ -147,6 +147,9 @@ impl Replication for Service {
                 .peer_applied(hello.index_id)
                 .map_err(|e| Status::internal(e.to_string()))?;
             let mut ib = inbox.lock().await;
+            // A new session: the sender starts over from the answer below, so a record it
+            // was sending in parts comes again from its first part.
+            ib.assembler.reset();
             ib.covered = ib.covered.max(stored);
             ib.watermark().min(stored)
         };
@@ -199,6 +202,18 @@ impl Replication for Service {
                         });
                     }
                 }
+            }
+            let abandoned = ib.assembler.take_abandoned();
+            if abandoned > 0 {
+                pass.rejected += abandoned;
+                tracing::warn!(
+                    "{abandoned} records from {} broken off part-way",
+                    peer.device
+                );
+                node.with_peer(&peer.device, |p| {
+                    p.rejected += u64::from(abandoned);
+                    p.last_error = Some(format!("{abandoned} records broken off part-way"));
+                });
             }
             pass.missing.extend(ib.retry(&node, origin));
             let covered = stopped_at.unwrap_or(batch.to_seq);

@@ -6,7 +6,7 @@ use crate::chunk::chunk_count;
 use crate::id::{ChunkId, FileId};
 use crate::limits::{
     CHUNK_BYTES, FILE_BYTES_MAX, SYMLINK_TARGET_BYTES_MAX, WIRE_CHUNKS_PER_REQUEST_MAX,
-    WIRE_MANIFEST_PART_CHUNKS, WIRE_PARTIAL_RECORDS_MAX,
+    WIRE_MANIFEST_PART_CHUNKS,
 };
 use crate::tree::{FileRecord, Kind, Timestamp, VersionVector, validate_name};
 
@@ -184,11 +184,17 @@ fn header(p: &proto::Record) -> Result<FileRecord, WireError> {
     })
 }
 
-/// Puts records back together from their parts, one sender's stream at a time.
+/// Puts records back together from their parts, one sender's stream at a time. The parts
+/// of one record come one after another (`proto/keibi.proto`), so at most one record is in
+/// progress: a part that starts another record abandons it (counted, see
+/// [`Self::take_abandoned`]), and a part that starts the same record again (the sender
+/// resent it after a reconnect) restarts it.
 #[derive(Default)]
 pub struct Assembler {
-    /// Records whose manifest is still arriving: at most [`WIRE_PARTIAL_RECORDS_MAX`].
-    partial: Vec<FileRecord>,
+    /// The record whose manifest is still arriving.
+    partial: Option<FileRecord>,
+    /// Records abandoned part-way and not yet reported.
+    abandoned: u32,
 }
 
 impl Assembler {
@@ -212,12 +218,9 @@ impl Assembler {
             .iter()
             .map(|h| chunk_id(h))
             .collect::<Result<Vec<_>, _>>()?;
-        let at = self.partial.iter().position(|r| r.id == head.id);
-        let mut rec = match (at, p.manifest_offset) {
-            (None, 0) => head,
-            (Some(i), off) => {
-                let prev = self.partial.swap_remove(i);
-                if off != prev.manifest.len() as u64
+        let mut rec = match self.partial.take() {
+            Some(prev) if prev.id == head.id && p.manifest_offset != 0 => {
+                if p.manifest_offset != prev.manifest.len() as u64
                     || prev.size != head.size
                     || prev.version != head.version
                 {
@@ -225,11 +228,17 @@ impl Assembler {
                 }
                 prev
             }
-            (None, _) => {
-                return Err(bad(format!(
-                    "manifest part of {} without its start",
-                    head.id
-                )));
+            prev => {
+                if prev.is_some_and(|r| r.id != head.id) {
+                    self.abandoned += 1;
+                }
+                if p.manifest_offset != 0 {
+                    return Err(bad(format!(
+                        "manifest part of {} without its start",
+                        head.id
+                    )));
+                }
+                head
             }
         };
         rec.manifest.extend(hashes);
@@ -241,10 +250,7 @@ impl Assembler {
             )));
         }
         if have < expected {
-            if self.partial.len() >= WIRE_PARTIAL_RECORDS_MAX {
-                return Err(bad("too many records with manifests in flight"));
-            }
-            self.partial.push(rec);
+            self.partial = Some(rec);
             return Ok(None);
         }
         if rec.tombstone {
@@ -253,6 +259,17 @@ impl Assembler {
         }
         rec.validate().map_err(|e| bad(e.0))?;
         Ok(Some(rec))
+    }
+
+    /// Records abandoned part-way since the last call: each a record the sender began and
+    /// broke off, which the receiver refused.
+    pub fn take_abandoned(&mut self) -> u32 {
+        std::mem::take(&mut self.abandoned)
+    }
+
+    /// Forgets the record in progress, as its sender starts a new session.
+    pub fn reset(&mut self) {
+        self.partial = None;
     }
 }
 
@@ -347,6 +364,32 @@ mod tests {
         let got = round_trip(&big).expect("valid");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].manifest, big.manifest);
+    }
+
+    #[test]
+    fn a_record_started_again_restarts_and_one_broken_off_is_counted() {
+        let big = rec(CHUNK_BYTES_U64 * (WIRE_MANIFEST_PART_CHUNKS as u64 + 5));
+        let parts = record_parts(&big);
+        assert_eq!(parts.len(), 2);
+        let mut a = Assembler::default();
+        // The first part, then the connection drops; the resent record starts over.
+        assert!(a.take(&parts[0]).expect("first part").is_none());
+        assert!(a.take(&parts[0]).expect("started again").is_none());
+        let got = a.take(&parts[1]).expect("second part").expect("complete");
+        assert_eq!(got.manifest, big.manifest);
+        assert_eq!(a.take_abandoned(), 0);
+        // A record broken off by another one is counted; its later part is refused.
+        let mut other = rec(1000);
+        other.id = FileId((1 << 127) | 0x4e);
+        assert!(a.take(&parts[0]).expect("first part").is_none());
+        assert!(a.take(&record_parts(&other)[0]).expect("other").is_some());
+        assert_eq!(a.take_abandoned(), 1);
+        assert!(a.take(&parts[1]).is_err());
+        // After a reset, a continuation without its start is refused.
+        assert!(a.take(&parts[0]).expect("first part").is_none());
+        a.reset();
+        assert!(a.take(&parts[1]).is_err());
+        assert_eq!(a.take_abandoned(), 0);
     }
 
     #[test]
