@@ -147,6 +147,12 @@ impl Fetcher {
         self.queue.lock().last_error.clone()
     }
 
+    fn rescan_failed(&self, error: &str) {
+        tracing::warn!("looking for missing chunks: {error}");
+        self.queue.lock().last_error = Some(format!("looking for missing chunks: {error}"));
+        self.rescan.store(true, Ordering::SeqCst);
+    }
+
     /// Takes the next ids to ask for: urgent first, then queued, then due retries.
     fn next_ids(&self) -> Vec<ChunkId> {
         let mut q = self.queue.lock();
@@ -204,8 +210,9 @@ impl Fetcher {
                 .await
                 {
                     Ok(Ok(ids)) => self.enqueue(ids),
-                    Ok(Err(e)) => tracing::warn!("looking for missing chunks: {e}"),
-                    Err(e) => tracing::warn!("looking for missing chunks: {e}"),
+                    // Tried again after the pause below; `keibi status` shows why.
+                    Ok(Err(e)) => self.rescan_failed(&e.to_string()),
+                    Err(e) => self.rescan_failed(&e.to_string()),
                 }
             }
             let source = self.sources.lock().first().map(|(d, c)| (*d, c.clone()));

@@ -142,15 +142,32 @@ impl Node {
         Arc::clone(self.inboxes.lock().entry(index_id).or_default())
     }
 
-    /// Every peer's status.
-    pub fn peer_status(&self) -> Vec<PeerStatus> {
-        let last = self.vfs.tables().last_seq();
-        let inboxes: Vec<(u64, Arc<tokio::sync::Mutex<Inbox>>)> = self
-            .inboxes
+    /// Records `error` as the last error of the peer whose store is `origin`.
+    fn note_error(&self, origin: u64, error: String) {
+        tracing::warn!("peer store {origin:016x}: {error}");
+        if let Some(p) = self
+            .peers
+            .lock()
+            .values_mut()
+            .find(|p| p.index_id == Some(origin))
+        {
+            p.last_error = Some(error);
+        }
+    }
+
+    /// Every sender's inbox, by sender store index id (a snapshot of the map).
+    fn inbox_list(&self) -> Vec<(u64, Arc<tokio::sync::Mutex<Inbox>>)> {
+        self.inboxes
             .lock()
             .iter()
             .map(|(k, v)| (*k, Arc::clone(v)))
-            .collect();
+            .collect()
+    }
+
+    /// Every peer's status.
+    pub fn peer_status(&self) -> Vec<PeerStatus> {
+        let last = self.vfs.tables().last_seq();
+        let inboxes = self.inbox_list();
         let mut out: Vec<PeerStatus> = self.peers.lock().values().cloned().collect();
         for p in &mut out {
             p.pending_records = last.saturating_sub(p.acked_seq);
@@ -167,12 +184,7 @@ impl Node {
     /// Offers every inbox's waiting records again (for records waiting on a local commit,
     /// which no batch will retry).
     pub async fn retry_inboxes(self: &Arc<Self>) {
-        let inboxes: Vec<(u64, Arc<tokio::sync::Mutex<Inbox>>)> = self
-            .inboxes
-            .lock()
-            .iter()
-            .map(|(k, v)| (*k, Arc::clone(v)))
-            .collect();
+        let inboxes = self.inbox_list();
         for (origin, ib) in inboxes {
             let Ok(mut guard) = ib.try_lock_owned() else {
                 continue;
@@ -188,11 +200,16 @@ impl Node {
                 if after != before {
                     let mut b = crate::store::Batch::new();
                     crate::store::tables::Tables::set_peer_applied(&mut b, origin, after);
-                    let _ = node
+                    // On failure the stored watermark stays behind: the next batch or
+                    // retry writes it again, and a restart re-sends what it covers.
+                    if let Err(e) = node
                         .vfs
                         .tables()
                         .backend()
-                        .write(b, crate::store::Durability::Buffered);
+                        .write(b, crate::store::Durability::Buffered)
+                    {
+                        node.note_error(origin, format!("saving how far it applied: {e}"));
+                    }
                 }
                 missing
             })
