@@ -168,3 +168,25 @@ pub fn snapshot(
     }
     Ok(out)
 }
+
+/// Polls `ok` every 50 ms for at most `secs` seconds; true as soon as it holds.
+pub fn wait_until(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    ok()
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// # Errors
+/// Binding or reading the local address failed.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}

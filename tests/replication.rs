@@ -4,16 +4,15 @@
 #![expect(clippy::expect_used, reason = "test code fails loudly on setup errors")]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use keibi::home::{Home, InitOptions};
 use keibi::id::{DeviceId, ROOT_INO};
 use keibi::replication::config::{Config, Peer as PeerConf};
 use keibi::replication::tls::Identity;
 use keibi::replication::{Replication, Status};
-use keibi::testing::{ME, noise, put_file, read_all, snapshot};
+use keibi::testing::{ME, free_port, noise, put_file, read_all, snapshot, wait_until};
 use keibi::tree::Kind;
 use keibi::vfs::{OpenFlags, RenameMode, Vfs};
 
@@ -25,14 +24,6 @@ struct Peer {
     rep: Option<Replication>,
     port: u16,
     identity: Identity,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 impl Peer {
@@ -47,7 +38,7 @@ impl Peer {
             _dir: dir,
             vfs,
             rep: None,
-            port: free_port(),
+            port: free_port().expect("free port"),
             identity,
         }
     }
@@ -138,6 +129,17 @@ impl Peer {
         self.vfs.release(fh).expect("release");
     }
 
+    /// The tree, and the content of every file in it.
+    fn contents(&self) -> (Tree, Vec<Vec<u8>>) {
+        let tree = self.tree();
+        let contents = tree
+            .iter()
+            .filter(|(_, (k, _, _))| *k == Kind::File)
+            .map(|(p, _)| self.read(p).expect("readable"))
+            .collect();
+        (tree, contents)
+    }
+
     fn read(&self, path: &str) -> Option<Vec<u8>> {
         self.ino(path)
             .map(|i| read_all(&self.vfs, i).expect("read"))
@@ -149,6 +151,19 @@ impl Peer {
         self.vfs
             .mkdir(parent, name.as_bytes(), 0o755, ME)
             .expect("mkdir");
+    }
+
+    /// Deletes the file at `path`; its file id when there was one to delete.
+    fn unlink(&self, path: &str) -> Option<keibi::id::FileId> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let parent = self.ino(dir)?;
+        let attr = self.vfs.lookup(parent, name.as_bytes()).ok()?;
+        if attr.kind != Kind::File {
+            return None;
+        }
+        let id = self.vfs.tables().file_of_ino(attr.ino).ok()??;
+        self.vfs.unlink(parent, name.as_bytes()).ok()?;
+        Some(id)
     }
 
     fn rename(&self, from: &str, to: &str) -> bool {
@@ -167,18 +182,6 @@ impl Peer {
             )
             .is_ok()
     }
-}
-
-/// Polls `ok` every 50 ms for at most `secs` seconds.
-fn wait_until(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ok()
 }
 
 fn pair() -> (Peer, Peer) {
@@ -312,12 +315,7 @@ fn concurrent_edits_keep_both_versions_under_the_same_names() {
     a.start(&[&b]);
     b.start(&[&a]);
     converge(&a, &b, 30);
-    let tree = a.tree();
-    let contents: Vec<Vec<u8>> = tree
-        .iter()
-        .filter(|(_, (k, _, _))| *k == Kind::File)
-        .map(|(p, _)| a.read(p).expect("readable"))
-        .collect();
+    let (tree, contents) = a.contents();
     for want in [
         &b"edited on a"[..],
         b"edited on b, later",
@@ -365,8 +363,9 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
             a.mkdir(&format!("/d{d}"));
         }
         converge(&a, &b, 20);
-        // Every write: (step, peer, file id, path, content).
+        // Every write: (step, peer, file id, path, content); every deletion: (step, file id).
         let mut writes: Vec<(usize, usize, keibi::id::FileId, String, Vec<u8>)> = Vec::new();
+        let mut deletes: Vec<(usize, keibi::id::FileId)> = Vec::new();
         for step in 0..120 {
             if next(20) == 0 {
                 // A disconnect: both stop, work apart for a while, come back.
@@ -380,7 +379,7 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
             let p = if who == 0 { &a } else { &b };
             let dir = format!("/d{}", next(3));
             let file = format!("{dir}/f{}", next(6));
-            match next(5) {
+            match next(6) {
                 0..=2 => {
                     let data = format!("seed {seed} step {step} by {who}").into_bytes();
                     if let Some(ino) = p.try_write(&file, &data) {
@@ -399,6 +398,12 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
                         p.rename(&file, &to);
                     }
                 }
+                4 => {
+                    // Delete a file (a directory is left alone: it may hold files).
+                    if let Some(id) = p.unlink(&file) {
+                        deletes.push((step, id));
+                    }
+                }
                 _ => {
                     // Move a directory under another one, or back to the root.
                     let from = format!("/d{}", next(3));
@@ -412,17 +417,14 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
             b.start(&[&a]);
         }
         converge(&a, &b, 60);
-        let tree = a.tree();
-        let contents: Vec<Vec<u8>> = tree
-            .iter()
-            .filter(|(_, (k, _, _))| *k == Kind::File)
-            .map(|(p, _)| a.read(p).expect("readable"))
-            .collect();
-        // A write that no later write to the same file could have replaced must survive
-        // somewhere (under its name, a new one, or a conflict name): concurrent edits keep
-        // both versions, renames move content without touching it.
+        let (tree, contents) = a.contents();
+        // A write that no later write to the same file could have replaced, and no later
+        // deletion of it removed, must survive somewhere (under its name, a new one, or a
+        // conflict name): concurrent edits keep both versions, a change beats a concurrent
+        // deletion, renames move content without touching it.
         for (step, who, id, path, data) in &writes {
-            let replaced = writes.iter().any(|(s, _, i, _, _)| s > step && i == id);
+            let replaced = writes.iter().any(|(s, _, i, _, _)| s > step && i == id)
+                || deletes.iter().any(|(s, i)| s > step && i == id);
             if !replaced {
                 assert!(
                     contents.contains(data),
