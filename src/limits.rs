@@ -95,6 +95,8 @@ pub const CONTROL_REQUEST_BYTES_MAX: usize = 4096;
 pub const CONTROL_REQUEST_TIMEOUT_MS: u64 = 5_000;
 /// Pause after a failed accept on the control socket, in milliseconds.
 pub const CONTROL_ACCEPT_RETRY_MS: u64 = 100;
+/// How often `keibi status --watch` asks the mount for its progress.
+pub const STATUS_WATCH_INTERVAL_MS: u64 = 1_000;
 
 /// Largest gRPC message either side encodes or accepts, in bytes.
 pub const WIRE_MESSAGE_BYTES_MAX: usize = 4 * 1024 * 1024;

@@ -71,6 +71,17 @@ fn init_id_status_and_errors() {
         .assert()
         .success()
         .stdout(predicate::str::contains("\"files\": 0"));
+    // Following replication needs a running mount, and prints either a bar or JSON.
+    keibi(&home)
+        .args(["status", "--watch"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no mount is running"));
+    keibi(&home)
+        .args(["status", "--watch", "--json"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("cannot be used with"));
 }
 
 #[test]

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::control::Request;
 use crate::home::Home;
+use crate::limits::STATUS_WATCH_INTERVAL_MS;
 use crate::status::StoreFigures;
 
 /// Arguments of `keibi status`.
@@ -16,6 +17,11 @@ pub struct Args {
     /// Print the figures as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Follow a running mount's replication with a progress bar of the chunks and records
+    /// still to come from peers (one line per second when not on a terminal); ends once
+    /// nothing is missing, waiting or pending, exit 0, or when the mount stops, exit 2.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
 }
 
 /// What a running mount adds to the store figures.
@@ -151,6 +157,9 @@ fn render_replication(out: &mut String, r: &crate::replication::Status) -> std::
 }
 
 pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
+    if args.watch {
+        return watch(home);
+    }
     if let Some(code) = super::via_mount(home, &Request::Status { json: args.json })? {
         return Ok(code);
     }
@@ -165,4 +174,126 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     };
     print!("{}", render(&status, args.json)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Replication progress read from a running mount's JSON status.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Progress {
+    chunks_missing: u64,
+    chunks_fetched: u64,
+    bytes_fetched: u64,
+    records_received: u64,
+    waiting_records: u64,
+    pending_records: u64,
+    peers_connected: usize,
+}
+
+impl Progress {
+    fn of(status: &serde_json::Value) -> Option<Self> {
+        let r = status.get("replication").filter(|r| !r.is_null())?;
+        let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(serde_json::Value::as_u64);
+        let peers = r.get("peers")?.as_array()?;
+        let sum = |k: &str| peers.iter().filter_map(|p| n(p, k)).sum::<u64>();
+        Some(Self {
+            chunks_missing: n(r, "chunks_missing")?,
+            chunks_fetched: n(r, "chunks_fetched")?,
+            bytes_fetched: n(r, "bytes_fetched")?,
+            records_received: sum("records_received"),
+            waiting_records: sum("waiting_records"),
+            pending_records: sum("pending_records"),
+            peers_connected: peers
+                .iter()
+                .filter(|p| p.get("connected_out") == Some(&serde_json::Value::Bool(true)))
+                .count(),
+        })
+    }
+
+    fn caught_up(&self) -> bool {
+        self.peers_connected > 0
+            && self.chunks_missing == 0
+            && self.waiting_records == 0
+            && self.pending_records == 0
+    }
+}
+
+/// `keibi status --watch`: polls the mount every [`STATUS_WATCH_INTERVAL_MS`] until it has
+/// caught up with its peers.
+fn watch(home: &Home) -> anyhow::Result<ExitCode> {
+    use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("[{bar:40}] {pos}/{len} chunks  {msg}") {
+        bar.set_style(style);
+    }
+    let mut start: Option<u64> = None;
+    loop {
+        let Some(answer) = crate::control::call(home.root(), &Request::Status { json: true })
+            .context("asking the running `keibi mount`")?
+        else {
+            bar.abandon();
+            eprintln!("keibi: no mount is running on {}", home.root().display());
+            return Ok(ExitCode::from(2));
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(&answer.output).context("reading the mount's status")?;
+        let Some(p) = Progress::of(&value) else {
+            bar.abandon();
+            eprintln!("keibi: the mount on {} has no peers", home.root().display());
+            return Ok(ExitCode::from(2));
+        };
+        let first = *start.get_or_insert(p.chunks_fetched);
+        let done = p.chunks_fetched.saturating_sub(first);
+        let line = format!(
+            "{} fetched, {} records received, {} waiting, {} to send, {} peers connected",
+            super::bytes(p.bytes_fetched),
+            p.records_received,
+            p.waiting_records,
+            p.pending_records,
+            p.peers_connected
+        );
+        bar.set_length(done + p.chunks_missing);
+        bar.set_position(done);
+        bar.set_message(line.clone());
+        if bar.is_hidden() {
+            println!("{done}/{} chunks  {line}", done + p.chunks_missing);
+        }
+        if p.caught_up() {
+            bar.finish();
+            println!("caught up: nothing missing, waiting or pending");
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(STATUS_WATCH_INTERVAL_MS));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    #[test]
+    fn progress_reads_the_mount_status_and_knows_when_it_caught_up() {
+        let mut v = serde_json::json!({
+            "replication": {
+                "chunks_missing": 3, "chunks_fetched": 10, "bytes_fetched": 4096,
+                "peers": [
+                    {"connected_out": true, "records_received": 5, "waiting_records": 1,
+                     "pending_records": 0},
+                    {"connected_out": false, "records_received": 2, "waiting_records": 0,
+                     "pending_records": 4}
+                ]
+            }
+        });
+        let p = Progress::of(&v).expect("progress");
+        assert_eq!(p.records_received, 7);
+        assert_eq!(p.pending_records, 4);
+        assert_eq!(p.peers_connected, 1);
+        assert!(!p.caught_up());
+        v["replication"]["chunks_missing"] = 0.into();
+        v["replication"]["peers"][0]["waiting_records"] = 0.into();
+        v["replication"]["peers"][1]["pending_records"] = 0.into();
+        assert!(Progress::of(&v).expect("progress").caught_up());
+        assert_eq!(
+            Progress::of(&serde_json::json!({"replication": null})),
+            None
+        );
+    }
 }
