@@ -9,17 +9,10 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use keibi::testing::{free_port, wait_until};
 use mounted::{Mount, fuse_available, keibi};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// Two homes, initialised, and their mounts connected to each other.
 struct Pair {
@@ -47,7 +40,10 @@ fn pair() -> Pair {
         tempfile::tempdir().expect("dir"),
     );
     let (ida, idb) = (init(ha.path()), init(hb.path()));
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb) = (
+        free_port().expect("free port"),
+        free_port().expect("free port"),
+    );
     let args = |port: u16, peer: &str, peer_port: u16| {
         vec![
             "--listen".to_string(),
@@ -76,19 +72,15 @@ fn pair() -> Pair {
     }
 }
 
-/// Polls `ok` every 50 ms for at most `secs` seconds.
-fn wait_until(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ok()
+/// A HOME for git with the git-lfs filters installed (`git lfs install --skip-repo`), so
+/// that no configuration file lands in a work tree.
+fn git_home() -> tempfile::TempDir {
+    let home = tempfile::tempdir().expect("dir");
+    git(home.path(), home.path(), &["lfs", "install", "--skip-repo"]);
+    home
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
+fn git(home: &Path, dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args(args)
         .current_dir(dir)
@@ -97,9 +89,9 @@ fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_COMMITTER_NAME", "keibi test")
         .env("GIT_COMMITTER_EMAIL", "test@keibi.invalid")
         .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
+        .env("HOME", home)
         .output()
-        .expect("run git");
+        .expect("run git (and git-lfs: tools/deps.sh installs both)");
     assert!(
         out.status.success(),
         "git {args:?} in {}: {}",
@@ -209,6 +201,10 @@ fn a_file_appears_on_the_other_mount_after_a_failed_lookup_and_grows_after_close
         "burst did not converge: {}",
         p.b.log_text()
     );
+    // The progress display ends on its own once B has caught up.
+    let (code, out, err) = keibi(p.b.home(), &["status", "--watch"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("caught up"), "{out}");
     let (code, out, _) = keibi(p.b.home(), &["status"]);
     assert_eq!(code, 0);
     assert!(out.contains("connected"), "{out}");
@@ -216,16 +212,68 @@ fn a_file_appears_on_the_other_mount_after_a_failed_lookup_and_grows_after_close
 }
 
 #[test]
-fn git_clone_on_one_mount_status_and_commit_on_the_other() {
-    if !fuse_available("git across mounts") {
+fn lock_file_renames_leave_the_last_content_and_no_stale_lock() {
+    if !fuse_available("lock-file renames across mounts") {
         return;
     }
     let p = pair();
     let (a, b) = (p.a.path().to_path_buf(), p.b.path().to_path_buf());
-    // A source repository of 600+ files on a local disk.
-    let src = tempfile::tempdir().expect("dir");
-    let s = src.path();
-    git(s, &["init", "-q", "-b", "main"]);
+    // git's pattern: write NAME.lock, close, rename it over NAME; many times in a row, so
+    // renames overtake the content of the lock files they move.
+    std::fs::create_dir(a.join("gitdir")).expect("mkdir");
+    let mut last = (String::new(), String::new());
+    for i in 0..40 {
+        last = (
+            format!("[core]\n\trepositoryformatversion = 0\n# version {i}\n"),
+            format!("ref: refs/heads/branch-{i}\n"),
+        );
+        std::fs::write(a.join("gitdir/config.lock"), &last.0).expect("write config.lock");
+        std::fs::rename(a.join("gitdir/config.lock"), a.join("gitdir/config")).expect("rename");
+        std::fs::write(a.join("gitdir/HEAD.lock"), &last.1).expect("write HEAD.lock");
+        std::fs::rename(a.join("gitdir/HEAD.lock"), a.join("gitdir/HEAD")).expect("rename");
+    }
+    let settled = |root: &Path, want: &(String, String)| {
+        std::fs::read_to_string(root.join("gitdir/config")).is_ok_and(|c| c == want.0)
+            && std::fs::read_to_string(root.join("gitdir/HEAD")).is_ok_and(|h| h == want.1)
+    };
+    assert!(
+        wait_until(30, || settled(&b, &last)),
+        "B never showed the last config and HEAD: {}",
+        p.b.log_text()
+    );
+    let names = |root: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root.join("gitdir"))
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Once settled, nothing moves any more: no lock file reappears later.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(names(&b), vec!["HEAD", "config"], "stale files on B");
+    assert!(settled(&b, &last));
+    // And the other way: B takes the lock and A sees the result.
+    let from_b = (
+        "[core]\n# written on B\n".to_string(),
+        "ref: refs/heads/b\n".to_string(),
+    );
+    std::fs::write(b.join("gitdir/config.lock"), &from_b.0).expect("write");
+    std::fs::rename(b.join("gitdir/config.lock"), b.join("gitdir/config")).expect("rename");
+    std::fs::write(b.join("gitdir/HEAD.lock"), &from_b.1).expect("write");
+    std::fs::rename(b.join("gitdir/HEAD.lock"), b.join("gitdir/HEAD")).expect("rename");
+    assert!(
+        wait_until(30, || settled(&a, &from_b)),
+        "A never showed B's config and HEAD: {}",
+        p.a.log_text()
+    );
+    assert_eq!(names(&a), vec!["HEAD", "config"], "stale files on A");
+}
+
+/// A repository of 620 small files, an executable script and three git-lfs objects.
+fn source_repository(home: &Path, s: &Path) {
+    git(home, s, &["init", "-q", "-b", "main"]);
+    git(home, s, &["lfs", "track", "*.bin"]);
     for d in 0..20 {
         std::fs::create_dir(s.join(format!("dir{d}"))).expect("mkdir");
         for f in 0..31 {
@@ -236,36 +284,87 @@ fn git_clone_on_one_mount_status_and_commit_on_the_other() {
             .expect("write");
         }
     }
-    std::fs::write(s.join("big.bin"), vec![42u8; 3 << 20]).expect("write");
-    git(s, &["add", "."]);
-    git(s, &["commit", "-q", "-m", "initial"]);
+    std::fs::write(s.join("build.sh"), "#!/bin/sh\necho built\n").expect("write");
+    std::fs::set_permissions(s.join("build.sh"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    // LFS objects of several chunks each, incompressible.
+    for (i, mib) in [(0u64, 3usize), (1, 5), (2, 9)] {
+        let data = keibi::testing::noise(mib << 20, i + 40);
+        std::fs::write(s.join(format!("asset{i}.bin")), data).expect("write");
+    }
+    git(home, s, &["add", "."]);
+    git(home, s, &["commit", "-q", "-m", "initial"]);
+}
 
-    git(&a, &["clone", "-q", &s.display().to_string(), "repo"]);
+#[test]
+fn git_clone_with_lfs_on_one_mount_status_and_commit_on_the_other() {
+    if !fuse_available("git across mounts") {
+        return;
+    }
+    let p = pair();
+    let (a, b) = (p.a.path().to_path_buf(), p.b.path().to_path_buf());
+    let home = git_home();
+    let h = home.path();
+    let src = tempfile::tempdir().expect("dir");
+    source_repository(h, src.path());
+
+    // A file:// URL: git copies objects instead of hard-linking them, and git-lfs fetches
+    // its objects through its standalone transfer agent (incomplete/, then a rename).
+    let url = format!("file://{}", src.path().display());
+    git(h, &a, &["clone", "-q", &url, "repo"]);
     let ra = a.join("repo");
     let rb = b.join("repo");
     assert!(
-        wait_until(90, || listing(&ra) == listing(&rb)),
+        wait_until(120, || listing(&ra) == listing(&rb)),
         "the clone did not converge on B: {}",
         p.b.log_text()
     );
     assert_eq!(
-        git(&rb, &["status", "--porcelain"]),
+        git(h, &rb, &["status", "--porcelain"]),
         "",
         "git status on B is not clean"
     );
-    // A branch and a commit on B, visible and sound on A.
-    git(&rb, &["checkout", "-q", "-b", "from-b"]);
+    let fsck = git(h, &rb, &["lfs", "fsck"]);
+    assert!(
+        fsck.contains("Git LFS fsck OK"),
+        "git lfs fsck on B: {fsck}"
+    );
+    assert_eq!(git(h, &rb, &["lfs", "ls-files"]).lines().count(), 3);
+    // The work tree holds the objects themselves, not LFS pointer files.
+    assert_eq!(
+        std::fs::read(rb.join("asset2.bin")).expect("read on B"),
+        keibi::testing::noise(9 << 20, 42)
+    );
+    let built = Command::new(rb.join("build.sh"))
+        .output()
+        .expect("run on B");
+    assert_eq!(built.stdout, b"built\n");
+
+    // A branch and a commit on B (a text change and a new LFS object), sound on A.
+    git(h, &rb, &["checkout", "-q", "-b", "from-b"]);
     std::fs::write(rb.join("dir0/file0.txt"), "changed on B\n").expect("write");
-    git(&rb, &["commit", "-q", "-am", "change on B"]);
-    let head_b = git(&rb, &["rev-parse", "HEAD"]);
+    std::fs::write(rb.join("asset3.bin"), keibi::testing::noise(2 << 20, 99)).expect("write");
+    git(h, &rb, &["add", "-A"]);
+    git(h, &rb, &["commit", "-q", "-m", "change on B"]);
+    let head_b = git(h, &rb, &["rev-parse", "HEAD"]);
     assert!(
         wait_until(60, || listing(&ra) == listing(&rb)),
         "B's commit did not converge on A: {}",
         p.a.log_text()
     );
-    assert_eq!(git(&ra, &["rev-parse", "from-b"]), head_b);
-    git(&ra, &["fsck", "--strict", "--no-progress"]);
-    assert_eq!(git(&ra, &["status", "--porcelain"]), "");
+    assert_eq!(git(h, &ra, &["rev-parse", "from-b"]), head_b);
+    git(h, &ra, &["fsck", "--strict", "--no-progress"]);
+    assert_eq!(git(h, &ra, &["status", "--porcelain"]), "");
+    let fsck = git(h, &ra, &["lfs", "fsck"]);
+    assert!(
+        fsck.contains("Git LFS fsck OK"),
+        "git lfs fsck on A: {fsck}"
+    );
+    // Back on A: checkout main and the branch again, each clean.
+    git(h, &ra, &["checkout", "-q", "main"]);
+    assert!(!ra.join("asset3.bin").exists());
+    git(h, &ra, &["checkout", "-q", "from-b"]);
+    assert_eq!(git(h, &ra, &["status", "--porcelain"]), "");
     // Hooks cloned on A keep their exec bit on B.
     let hook = rb.join(".git/hooks/pre-commit.sample");
     assert_eq!(

@@ -2,9 +2,9 @@
 # Installs the Debian packages keibi builds and tests with, if any is missing.
 # g++ compiles RocksDB from source (see ARCHITECTURE.md, "Why RocksDB is built from source");
 # libclang is for its bindings; zstd comes from Debian; fuse3 mounts; git, python3 (mmap)
-# and sqlite3 are the real programs the mount tests run.
+# and sqlite3 are the real programs the mount tests run; git-lfs runs across two mounts.
 set -euo pipefail
-packages=(g++ libzstd-dev pkg-config libclang-dev fuse3 git python3 sqlite3)
+packages=(g++ libzstd-dev pkg-config libclang-dev fuse3 git git-lfs python3 sqlite3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
