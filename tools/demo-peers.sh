@@ -55,15 +55,18 @@ for d in $(seq 1 20); do
 done
 git -C "$src" -c user.name=demo -c user.email=demo@keibi.invalid add .
 git -C "$src" -c user.name=demo -c user.email=demo@keibi.invalid commit -q -m "600 files"
+# Checks for wait_for: each runs afresh on every try.
+status_clean() { [ -d "$1/.git" ] && [ -z "$(git -C "$1" status --porcelain 2>&1)" ]; }
+branch_is() { [ "$(git -C "$1" rev-parse "$2" 2>/dev/null)" = "$3" ]; }
 git clone -q "$src" "$work/a/repo"
-wait_for test -z "$(git -C "$work/b/repo" status --porcelain 2>&1)"
 wait_for diff -r "$work/a/repo" "$work/b/repo"
+wait_for status_clean "$work/b/repo"
 echo "git clone on A: B's copy is identical and \`git status\` on B is clean"
 git -C "$work/b/repo" checkout -q -b from-b
 echo "changed on B" >"$work/b/repo/dir1/file1.txt"
 git -C "$work/b/repo" -c user.name=demo -c user.email=demo@keibi.invalid commit -q -am "commit on B"
 head_b=$(git -C "$work/b/repo" rev-parse HEAD)
-wait_for test "$(git -C "$work/a/repo" rev-parse from-b 2>/dev/null)" = "$head_b"
+wait_for branch_is "$work/a/repo" from-b "$head_b"
 wait_for diff -r "$work/a/repo" "$work/b/repo"
 git -C "$work/a/repo" fsck --strict --no-progress
 echo "commit $head_b made on B: on A and \`git fsck\` clean there"
