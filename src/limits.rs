@@ -109,6 +109,12 @@ pub const WIRE_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 pub const WIRE_MANIFEST_PART_CHUNKS: usize = 16 * 1024;
 /// Chunk ids in one `StreamFile` request.
 pub const WIRE_CHUNKS_PER_REQUEST_MAX: usize = 64;
+/// Chunks a `StreamFile` answer reads ahead of what the connection has taken.
+pub const STREAM_CHUNKS_AHEAD_MAX: usize = 2;
+/// Authenticated connections handed to the gRPC server and not yet taken by it.
+pub const ACCEPTED_CONNECTIONS_QUEUED_MAX: usize = 16;
+/// Pause after a failed accept on the peer listener, in milliseconds.
+pub const PEER_ACCEPT_RETRY_MS: u64 = 100;
 
 /// A content change is sent once its file has been stable this long (reset by each
 /// change), in milliseconds.

@@ -17,7 +17,7 @@ use super::node::Node;
 use super::proto::replication_server::Replication;
 use super::transport::PeerInfo;
 use super::{PROTOCOL_VERSION, proto, wire};
-use crate::limits::INBOX_WAITING_RECORDS_MAX;
+use crate::limits::{INBOX_WAITING_RECORDS_MAX, STREAM_CHUNKS_AHEAD_MAX};
 
 /// Records from one sender store that wait, and the assembly of split manifests.
 #[derive(Default)]
@@ -246,7 +246,7 @@ impl Replication for Service {
         let peer = peer_of(&req)?;
         let ids = wire::chunk_request(req.get_ref())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_CHUNKS_AHEAD_MAX);
         let node = Arc::clone(&self.node);
         tokio::spawn(async move {
             for id in ids {

@@ -15,7 +15,10 @@ use tokio::sync::mpsc;
 use tonic::transport::server::Connected;
 
 use crate::id::DeviceId;
-use crate::limits::{HANDSHAKE_TIMEOUT_MS, HTTP2_WINDOW_BYTES, KEEPALIVE_INTERVAL_MS};
+use crate::limits::{
+    ACCEPTED_CONNECTIONS_QUEUED_MAX, HANDSHAKE_TIMEOUT_MS, HTTP2_WINDOW_BYTES,
+    KEEPALIVE_INTERVAL_MS, PEER_ACCEPT_RETRY_MS,
+};
 
 use super::tls;
 
@@ -86,7 +89,7 @@ pub fn accept_loop(
     config: Arc<rustls::ServerConfig>,
     refused: Arc<Mutex<Option<String>>>,
 ) -> mpsc::Receiver<std::io::Result<Accepted>> {
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(ACCEPTED_CONNECTIONS_QUEUED_MAX);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
@@ -94,7 +97,7 @@ pub fn accept_loop(
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("accepting a peer connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(PEER_ACCEPT_RETRY_MS)).await;
                     continue;
                 }
             };
