@@ -149,6 +149,9 @@ pub const FETCH_QUEUE_CHUNKS_MAX: usize = 65_536;
 pub const FETCH_READ_TIMEOUT_MS: u64 = 30_000;
 /// Pause before asking again for a chunk that failed (bad hash, not found), in milliseconds.
 pub const FETCH_RETRY_MS: u64 = 1_000;
+/// Fetched chunks are persisted (flushed) once the fetcher has stored none for this long,
+/// in milliseconds: one flush for a burst of fetches.
+pub const FETCH_PERSIST_IDLE_MS: u64 = 500;
 
 /// First pause before reconnecting to a peer, in milliseconds; doubled after each failure.
 pub const RECONNECT_BACKOFF_MIN_MS: u64 = 100;

@@ -217,6 +217,22 @@ impl ChunkStore {
     /// Store errors.
     pub fn put_shared_unlogged(&self, data: Arc<Vec<u8>>) -> Result<ChunkId, Error> {
         let id = ChunkId::of(&data);
+        self.put_unlogged_with_id(id, data)?;
+        Ok(id)
+    }
+
+    /// Stores a chunk fetched from a peer, whose bytes the wire edge checked against `id`:
+    /// unlogged, as [`Self::put_shared_unlogged`]. A crash before it is persisted loses it;
+    /// the record that references it is already here, so the fetcher finds it missing and
+    /// asks for it again.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn put_fetched(&self, id: ChunkId, data: Arc<Vec<u8>>) -> Result<(), Error> {
+        self.put_unlogged_with_id(id, data)
+    }
+
+    fn put_unlogged_with_id(&self, id: ChunkId, data: Arc<Vec<u8>>) -> Result<(), Error> {
         // Listed before the write, so a commit that finds the chunk stored also finds it here.
         let full = {
             let mut u = self.unlogged.lock();
@@ -230,7 +246,19 @@ impl ChunkStore {
         if full {
             self.persist_all_unlogged()?;
         }
-        Ok(id)
+        Ok(())
+    }
+
+    /// Persists every chunk written unlogged so far, if any (the fetcher calls it when its
+    /// queue runs dry).
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn persist_pending(&self) -> Result<(), Error> {
+        if self.unlogged.lock().is_empty() {
+            return Ok(());
+        }
+        self.persist_all_unlogged()
     }
 
     /// Makes every chunk of `ids` that was written unlogged survive a crash (by flushing the

@@ -106,6 +106,12 @@ fn render_replication(out: &mut String, r: &crate::replication::Status) -> std::
         super::bytes(r.bytes_fetched),
         r.fetch_errors
     )?;
+    if r.fetched_unpersisted {
+        writeln!(
+            out,
+            "           chunks fetched a moment ago are not on disk yet (a crash would fetch them again)"
+        )?;
+    }
     if let Some(e) = &r.fetch_last_error {
         writeln!(out, "           last fetch error: {e}")?;
     }

@@ -8,6 +8,11 @@
 //! a chunk the store already has is never asked for. Every chunk is checked against its hash
 //! (in the wire module) before it is stored; a bad one is counted and asked for again later.
 //!
+//! Fetched chunks are stored without the write-ahead log and persisted once the queue has
+//! been dry for [`FETCH_PERSIST_IDLE_MS`] (or by the store past [`crate::limits::UNLOGGED_CHUNKS_MAX`], or by a local commit
+//! that references them); a crash before that loses only chunks the rescan at the next
+//! start asks for again.
+//!
 //! A read of a missing chunk ([`crate::chunk::Remote::fetch_now`]) puts it at the front of
 //! the queue and waits for it, at most [`FETCH_READ_TIMEOUT_MS`]; it then fails (EIO), never
 //! returning zeros.
@@ -24,8 +29,8 @@ use tokio::sync::Notify;
 
 use crate::id::{ChunkId, DeviceId};
 use crate::limits::{
-    FETCH_CHUNKS_PER_STREAM, FETCH_QUEUE_CHUNKS_MAX, FETCH_READ_TIMEOUT_MS, FETCH_RETRY_MS,
-    FETCH_STREAMS_MAX, WIRE_MESSAGE_BYTES_MAX,
+    FETCH_CHUNKS_PER_STREAM, FETCH_PERSIST_IDLE_MS, FETCH_QUEUE_CHUNKS_MAX, FETCH_READ_TIMEOUT_MS,
+    FETCH_RETRY_MS, FETCH_STREAMS_MAX, WIRE_MESSAGE_BYTES_MAX,
 };
 use crate::vfs::Vfs;
 
@@ -68,6 +73,10 @@ pub struct Fetcher {
     sources: Mutex<Vec<(DeviceId, ReplicationClient<tonic::transport::Channel>)>>,
     /// Set when ids were dropped from a full queue, or at start: rescan the tree.
     rescan: AtomicBool,
+    /// Chunks were fetched (stored unlogged) since the last persist.
+    unpersisted: AtomicBool,
+    /// When the last fetched chunk was stored.
+    last_stored: Mutex<Instant>,
     /// Counters.
     pub stats: FetchStats,
 }
@@ -82,6 +91,8 @@ impl Fetcher {
             wake: Notify::new(),
             sources: Mutex::new(Vec::new()),
             rescan: AtomicBool::new(true),
+            unpersisted: AtomicBool::new(false),
+            last_stored: Mutex::new(Instant::now()),
             stats: FetchStats::default(),
         })
     }
@@ -141,6 +152,12 @@ impl Fetcher {
         (q.queued.len() + q.retry.len(), q.in_flight.len())
     }
 
+    /// True while chunks fetched since the last persist would not survive a crash.
+    #[must_use]
+    pub fn unpersisted(&self) -> bool {
+        self.unpersisted.load(Ordering::SeqCst)
+    }
+
     /// The last fetch error.
     #[must_use]
     pub fn last_error(&self) -> Option<String> {
@@ -148,9 +165,21 @@ impl Fetcher {
     }
 
     fn rescan_failed(&self, error: &str) {
-        tracing::warn!("looking for missing chunks: {error}");
-        self.queue.lock().last_error = Some(format!("looking for missing chunks: {error}"));
+        self.note_error(&format!("looking for missing chunks: {error}"));
         self.rescan.store(true, Ordering::SeqCst);
+    }
+
+    fn persist_failed(&self, error: &str) {
+        self.note_error(&format!("persisting fetched chunks: {error}"));
+        // Tried again at the next pause; until then a crash loses them, and the rescan at
+        // startup asks for them again.
+        self.unpersisted.store(true, Ordering::SeqCst);
+    }
+
+    /// Records `error` where `keibi status` shows it.
+    fn note_error(&self, error: &str) {
+        tracing::warn!("{error}");
+        self.queue.lock().last_error = Some(error.to_string());
     }
 
     /// Takes the next ids to ask for: urgent first, then queued, then due retries.
@@ -222,6 +251,21 @@ impl Fetcher {
                 Vec::new()
             };
             let (Some((device, client)), false) = (source, ids.is_empty()) else {
+                // The queue has been dry for a while: make what was fetched survive a crash
+                // (one flush for a burst of fetches, not one per file).
+                if self.pending() == (0, 0)
+                    && self.unpersisted.load(Ordering::SeqCst)
+                    && self.last_stored.lock().elapsed()
+                        >= Duration::from_millis(FETCH_PERSIST_IDLE_MS)
+                    && self.unpersisted.swap(false, Ordering::SeqCst)
+                {
+                    let chunks = Arc::clone(self.vfs.chunks());
+                    match tokio::task::spawn_blocking(move || chunks.persist_pending()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => self.persist_failed(&e.to_string()),
+                        Err(e) => self.persist_failed(&e.to_string()),
+                    }
+                }
                 // Nothing to do, or nobody to ask: wait for work, a peer, or a retry.
                 let _ = tokio::time::timeout(
                     Duration::from_millis(FETCH_RETRY_MS),
@@ -276,12 +320,15 @@ impl Fetcher {
                         open.remove(&id);
                         let chunks = Arc::clone(self.vfs.chunks());
                         let len = data.len() as u64;
+                        let data = Arc::new(data.to_vec());
                         let stored =
-                            tokio::task::spawn_blocking(move || chunks.put_with_id(id, &data))
+                            tokio::task::spawn_blocking(move || chunks.put_fetched(id, data))
                                 .await
                                 .map_err(|e| e.to_string())
                                 .and_then(|r| r.map_err(|e| e.to_string()));
                         if stored.is_ok() {
+                            *self.last_stored.lock() = Instant::now();
+                            self.unpersisted.store(true, Ordering::SeqCst);
                             self.stats.chunks.fetch_add(1, Ordering::Relaxed);
                             self.stats.bytes.fetch_add(len, Ordering::Relaxed);
                         } else {

@@ -77,6 +77,9 @@ pub struct Status {
     pub fetch_errors: u64,
     /// The last fetch error.
     pub fetch_last_error: Option<String>,
+    /// Chunks fetched since the last persist, which a crash would lose (and the next start
+    /// would fetch again).
+    pub fetched_unpersisted: bool,
     /// Concurrent versions resolved (conflict copies and concurrent deletions).
     pub conflicts: u64,
     /// The last connection the listener refused (an untrusted device, a failed handshake).
@@ -192,6 +195,7 @@ impl Replication {
             bytes_fetched: s.bytes.load(Ordering::Relaxed),
             fetch_errors: s.errors.load(Ordering::Relaxed),
             fetch_last_error: self.node.fetcher.last_error(),
+            fetched_unpersisted: self.node.fetcher.unpersisted(),
             conflicts: self.node.counters.conflicts.load(Ordering::Relaxed),
             last_refused: self.node.refused.lock().clone(),
         }

@@ -384,8 +384,11 @@ impl Vfs {
             Durability::Buffered
         };
         if needs_record {
-            self.persist_sealed(st, &sealed)?;
             let manifest = self.manifest_of(st)?;
+            // Chunks sealed ahead of this commit, and chunks fetched from a peer that the
+            // file kept, may have been stored unlogged: the record never survives a crash
+            // without them.
+            self.chunks.persist_unlogged(manifest.iter())?;
             let mut batch = Batch::new();
             {
                 let _tree = self.tree.lock();
@@ -433,19 +436,6 @@ impl Vfs {
             st.journal_entries = 0;
         }
         Ok(())
-    }
-
-    /// Chunks sealed ahead of a commit were stored unlogged: persists them, so the record
-    /// that references them never survives a crash without them.
-    fn persist_sealed(&self, st: &FileState, sealed: &[u64]) -> Result<()> {
-        let ids: Vec<ChunkId> = sealed
-            .iter()
-            .filter_map(|i| match st.slots.get(i) {
-                Some(Slot::Sealed(id)) => Some(*id),
-                Some(Slot::Buffer(_) | Slot::Overlay(_) | Slot::Sealing(_)) | None => None,
-            })
-            .collect();
-        Ok(self.chunks.persist_unlogged(ids.iter())?)
     }
 
     /// Waits for every chunk being sealed; a failed seal turns back into a buffer.
