@@ -12,8 +12,11 @@ For each: the time from the start of the change on A until B's copy is identical
 bytes that crossed the loopback interface meanwhile (both directions, TCP/IP headers
 included: /proc/net/dev, so run it on an otherwise idle machine).
 
-"Identical" means the same names, kinds, mode bits, sizes and contents. The poll compares
-metadata every 20 ms and contents when metadata agree. For append and rename the timed check
+"Identical" means the same names, kinds, mode bits and sizes over the whole folder, and the
+same contents for what the workload changed (the new file, the clone, the appended or renamed
+file; content that did not change is not re-read each time). The poll compares metadata
+every 20 ms and contents when metadata agree; A's contents are hashed in a thread
+started right after the change, so reading A overlaps the wait instead of adding to it. For append and rename the timed check
 reads the last MiB of each file; a full comparison then runs untimed, and a mismatch fails
 the benchmark. keibi's B is read through its mount, so reading a chunk that has not arrived
 yet fetches it first: the time is until B's mount returns the right bytes.
@@ -25,6 +28,7 @@ no detection delay: it is the best case for rsync.
 
 Usage: tools/bench-peers.py --keibi PATH [--work DIR] [--only keibi,syncthing,rsync]
                             [--size-mib N]   (the large file; 1024 unless told)
+                            [--phases]       (when each change ended, when B's metadata matched)
 """
 
 import argparse
@@ -37,6 +41,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -45,6 +50,7 @@ MIB = 1 << 20
 POLL_S = 0.02
 WORKLOAD_TIMEOUT_S = 900
 TAIL_BYTES = MIB
+PHASES = False
 
 
 def lo_bytes():
@@ -98,8 +104,9 @@ def file_hash(path, tail):
     return h.hexdigest()
 
 
-def tree(root, content, tail=None):
-    """Path -> (kind, mode bits, size[, content hash]) of everything under root."""
+def tree(root, content, tail=None, only=""):
+    """Path -> (kind, mode bits, size[, content hash]) of everything under root; contents
+    are hashed for the paths under `only` (a relative path; everything when empty)."""
     out = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d != ".stfolder"]
@@ -115,7 +122,8 @@ def tree(root, content, tail=None):
                 kind = "link:" + os.readlink(p)
             size = st.st_size if kind == "file" else 0
             entry = (kind, st.st_mode & 0o7777, size)
-            if content and kind == "file":
+            under = not only or rel == only or rel.startswith(only + os.sep)
+            if content and kind == "file" and under:
                 try:
                     entry += (file_hash(p, tail),)
                 except OSError as e:
@@ -124,15 +132,26 @@ def tree(root, content, tail=None):
     return out
 
 
-def wait_identical(a, b, tail):
-    """Polls until b holds what a holds; returns seconds waited."""
+def wait_identical(a, b, tail, only):
+    """Polls until b holds what a holds: metadata of the whole tree, contents of what the
+    workload changed (`only`). A's contents are hashed in a thread while b is polled for
+    matching metadata, so the checker's reading of A overlaps the replication instead of
+    adding to it; b's contents are compared once both are ready."""
     want_meta = tree(a, content=False)
-    want = tree(a, content=True, tail=tail)
+    want = {}
+    hasher = threading.Thread(
+        target=lambda: want.update(tree(a, content=True, tail=tail, only=only)))
+    hasher.start()
     start = time.monotonic()
+    meta_at = None
     while time.monotonic() - start < WORKLOAD_TIMEOUT_S:
-        if tree(b, content=False) == want_meta and tree(b, content=True, tail=tail) == want:
-            return
+        if tree(b, content=False) == want_meta:
+            meta_at = meta_at or time.monotonic()
+            hasher.join()
+            if tree(b, content=True, tail=tail, only=only) == want:
+                return meta_at
         time.sleep(POLL_S)
+    hasher.join()
     raise RuntimeError(f"{b} did not become identical to {a} in {WORKLOAD_TIMEOUT_S} s")
 
 
@@ -339,32 +358,39 @@ def run_system(system, big, repo):
     a, b = system.start()
     results = []
     try:
-        def measure(name, change, tail):
+        def measure(name, change, only, tail):
             before = lo_bytes()
             start = time.monotonic()
             change()
             system.sync()
-            wait_identical(a, b, tail)
+            changed = time.monotonic()
+            meta_at = wait_identical(a, b, tail, only)
             elapsed = time.monotonic() - start
+            if PHASES:
+                print(f"    change done {changed - start:.2f} s, B's metadata matched "
+                      f"{meta_at - start:.2f} s, contents {elapsed:.2f} s", flush=True)
             wire = lo_bytes() - before
             if tail is not None:
-                wait_identical(a, b, None)
+                wait_identical(a, b, None, only)
             results.append((name, elapsed, wire))
             print(f"  {system.name:9} {name:8} {elapsed:8.2f} s {wire / MIB:10.1f} MiB",
                   flush=True)
             time.sleep(3)
 
-        measure("new-file", lambda: shutil.copyfile(big, os.path.join(a, "big.bin")), None)
+        measure("new-file", lambda: shutil.copyfile(big, os.path.join(a, "big.bin")),
+                "big.bin", None)
         measure("clone", lambda: subprocess.run(
-            ["git", "clone", "-q", f"file://{repo}", os.path.join(a, "repo")], check=True), None)
+            ["git", "clone", "-q", f"file://{repo}", os.path.join(a, "repo")], check=True),
+            "repo", None)
 
         def append():
             with open(os.path.join(a, "big.bin"), "ab") as f:
                 f.write(b"0123456789abcdefghij")
 
-        measure("append", append, TAIL_BYTES)
+        measure("append", append, "big.bin", TAIL_BYTES)
         measure("rename", lambda: os.rename(os.path.join(a, "big.bin"),
-                                            os.path.join(a, "big-renamed.bin")), TAIL_BYTES)
+                                            os.path.join(a, "big-renamed.bin")),
+                "big-renamed.bin", TAIL_BYTES)
     finally:
         system.stop()
     return results
@@ -376,7 +402,11 @@ def main():
     ap.add_argument("--work", default="/var/tmp", help="directory for the run (on a disk)")
     ap.add_argument("--only", default="keibi,syncthing,rsync")
     ap.add_argument("--size-mib", type=int, default=GIB // MIB, help="size of the large file")
+    ap.add_argument("--phases", action="store_true",
+                    help="also print when each change finished and when B's metadata matched")
     args = ap.parse_args()
+    global PHASES
+    PHASES = args.phases
     work = tempfile.mkdtemp(prefix="keibi-bench-peers.", dir=args.work)
     try:
         print(f"sources in {work} ({args.size_mib} MiB random file, 600-file repository)",
