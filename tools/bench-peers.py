@@ -355,6 +355,10 @@ def make_sources(work, size):
 
 
 def run_system(system, big, repo):
+    # Each system starts on a quiet disk: nothing left to write back from the sources or
+    # from the system before it.
+    os.sync()
+    time.sleep(2)
     a, b = system.start()
     results = []
     try:
