@@ -1,18 +1,16 @@
-//! Namespace operations: lookup, node creation, unlink, rmdir, rename, links, readdir.
+//! Namespace operations: lookup, node creation, unlink, rmdir, rename, links (listings are
+//! in `listing.rs`).
 //! Each holds the tree lock for its whole read-modify-write and writes one batch.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use crate::id::{FileId, Ino};
-use crate::limits::{
-    NAME_BYTES_MAX, READDIR_ENTRIES_MAX, SYMLINK_TARGET_BYTES_MAX, TREE_DEPTH_MAX,
-};
+use crate::limits::{NAME_BYTES_MAX, SYMLINK_TARGET_BYTES_MAX, TREE_DEPTH_MAX};
 use crate::store::{Batch, Durability, tables::Tables};
 use crate::tree::{FileRecord, Kind, Timestamp, VersionVector, validate_name};
 
-use super::file::{Handle, OpenFlags};
-use super::{Attr, Creator, DirEntry, Error, Result, SetAttr, TimeSet, Vfs};
+use super::file::OpenFlags;
+use super::{Attr, Creator, Error, Result, SetAttr, TimeSet, Vfs};
 
 const S_ISGID: u32 = 0o2000;
 
@@ -84,7 +82,7 @@ impl Changes {
 }
 
 impl Vfs {
-    fn dir_record(&self, ino: Ino) -> Result<FileRecord> {
+    pub(super) fn dir_record(&self, ino: Ino) -> Result<FileRecord> {
         let r = self.record_of(ino)?;
         if r.tombstone {
             return Err(Error::NotFound);
@@ -523,95 +521,5 @@ impl Vfs {
             self.tables.backend().write(batch, Durability::Buffered)?;
         }
         self.getattr(ino)
-    }
-
-    /// Opens directory `ino` for reading.
-    ///
-    /// # Errors
-    /// [`Error::NotDir`], [`Error::NotFound`].
-    pub fn opendir(&self, ino: Ino) -> Result<u64> {
-        self.dir_record(ino)?;
-        Ok(self.new_handle(Handle::Dir { ino, entries: None }))
-    }
-
-    fn list_dir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
-        let dir = self.dir_record(ino)?;
-        let parent_ino = if dir.id == crate::id::FileId::ROOT {
-            dir.ino
-        } else {
-            self.live_record(dir.parent)?.ino
-        };
-        let mut out = vec![
-            DirEntry {
-                ino: dir.ino,
-                offset: 1,
-                kind: Kind::Dir,
-                name: b".".to_vec(),
-            },
-            DirEntry {
-                ino: parent_ino,
-                offset: 2,
-                kind: Kind::Dir,
-                name: b"..".to_vec(),
-            },
-        ];
-        let mut after: Option<Vec<u8>> = None;
-        loop {
-            let batch = self
-                .tables
-                .children(dir.id, after.as_deref(), READDIR_ENTRIES_MAX)?;
-            let done = batch.len() < READDIR_ENTRIES_MAX;
-            for (name, id) in batch {
-                if let Ok(r) = self.live_record(id) {
-                    let offset = out.len() as u64 + 1;
-                    out.push(DirEntry {
-                        ino: r.ino,
-                        offset,
-                        kind: r.kind,
-                        name: name.clone(),
-                    });
-                }
-                after = Some(name);
-            }
-            if done {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// Entries of an open directory from position `offset` (0 to start), at most
-    /// [`READDIR_ENTRIES_MAX`]. The listing is taken when reading starts at 0, so entries
-    /// added or removed meanwhile never make another entry appear twice or not at all.
-    ///
-    /// # Errors
-    /// [`Error::BadHandle`]; store errors.
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
-        let (ino, cached) = match self.handles.lock().get(&fh) {
-            Some(Handle::Dir { ino, entries }) => (*ino, entries.clone()),
-            Some(Handle::File { .. }) | None => return Err(Error::BadHandle),
-        };
-        let entries = match cached {
-            Some(e) if offset != 0 => e,
-            Some(_) | None => {
-                let e = Arc::new(self.list_dir(ino)?);
-                if let Some(Handle::Dir { entries, .. }) = self.handles.lock().get_mut(&fh) {
-                    *entries = Some(Arc::clone(&e));
-                }
-                e
-            }
-        };
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(entries.len());
-        Ok(entries[start..]
-            .iter()
-            .take(READDIR_ENTRIES_MAX)
-            .cloned()
-            .collect())
-    }
-
-    /// Closes a directory handle.
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
     }
 }

@@ -9,8 +9,10 @@
 //! dropping the `Vfs` stops the pool.
 
 mod apply;
+mod conflict;
 mod dir;
 mod file;
+mod listing;
 mod patch;
 mod recover;
 pub mod seal;
@@ -28,7 +30,8 @@ use crate::id::{ChunkId, FileId, Ino};
 use crate::store::{self, tables::Tables};
 use crate::tree::{FileRecord, Kind, Timestamp};
 
-pub use apply::{Applied, KernelCache, Outcome, conflict_name};
+pub use apply::{Applied, KernelCache, Outcome};
+pub use conflict::conflict_name;
 pub use dir::RenameMode;
 pub use file::OpenFlags;
 
