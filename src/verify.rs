@@ -65,7 +65,7 @@ pub struct Options {
     pub progress: bool,
 }
 
-const ADVICE_RESTORE: &str = "restore the chunk from a peer (verify --repair, with replication) or from a backup; the files that use it read as errors until then";
+const ADVICE_RESTORE: &str = "the files that use this chunk read as errors: copy them back from a peer's mount or from a backup (keibi does not yet re-fetch a damaged chunk by itself)";
 const ADVICE_DAMAGED: &str = "the database files are damaged (disk or filesystem fault): copy the home directory elsewhere, check the disk, and restore the store from a peer or backup";
 const ADVICE_TREE: &str = "the file tree is inconsistent: report it as a keibi bug with this output; files outside the damaged entries are unaffected";
 const ADVICE_INDEX: &str = "an index entry disagrees with the data it indexes: report it as a keibi bug; `keibi gc` and reads may misjudge this chunk until fixed";
