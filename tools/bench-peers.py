@@ -132,16 +132,23 @@ def tree(root, content, tail=None, only=""):
     return out
 
 
-def wait_identical(a, b, tail, only):
-    """Polls until b holds what a holds: metadata of the whole tree, contents of what the
-    workload changed (`only`). A's contents are hashed in a thread while b is polled for
-    matching metadata, so the checker's reading of A overlaps the replication instead of
-    adding to it; b's contents are compared once both are ready."""
-    want_meta = tree(a, content=False)
+def hash_in_thread(a, tail, only):
+    """Starts hashing A's contents under `only`; returns (thread, dict it fills)."""
     want = {}
     hasher = threading.Thread(
         target=lambda: want.update(tree(a, content=True, tail=tail, only=only)))
     hasher.start()
+    return hasher, want
+
+
+def wait_identical(a, b, tail, only, hashing=None):
+    """Polls until b holds what a holds: metadata of the whole tree, contents of what the
+    workload changed (`only`). A's contents are hashed in a thread (`hashing`, started by
+    the caller as soon as the change is made) while b is polled for matching metadata, so
+    the checker's reading of A overlaps the replication instead of adding to it; b's
+    contents are compared once both are ready."""
+    want_meta = tree(a, content=False)
+    hasher, want = hashing or hash_in_thread(a, tail, only)
     start = time.monotonic()
     meta_at = None
     while time.monotonic() - start < WORKLOAD_TIMEOUT_S:
@@ -366,9 +373,10 @@ def run_system(system, big, repo):
             before = lo_bytes()
             start = time.monotonic()
             change()
+            hashing = hash_in_thread(a, tail, only)
             system.sync()
             changed = time.monotonic()
-            meta_at = wait_identical(a, b, tail, only)
+            meta_at = wait_identical(a, b, tail, only, hashing)
             elapsed = time.monotonic() - start
             if PHASES:
                 print(f"    change done {changed - start:.2f} s, B's metadata matched "
