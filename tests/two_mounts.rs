@@ -201,9 +201,22 @@ fn a_file_appears_on_the_other_mount_after_a_failed_lookup_and_grows_after_close
         "burst did not converge: {}",
         p.b.log_text()
     );
-    // The progress display ends on its own once B has caught up.
-    let (code, out, err) = keibi(p.b.home(), &["status", "--watch"]);
-    assert_eq!(code, 0, "{out}{err}");
+    // The progress display ends on its own once B has caught up; bounded, so a B that
+    // never catches up fails here (timeout exits 124) instead of hanging the suite.
+    let watch = Command::new("timeout")
+        .arg("60")
+        .arg(mounted::keibi_bin())
+        .args(["status", "--watch", "--home"])
+        .arg(p.b.home())
+        .output()
+        .expect("run keibi status --watch under timeout");
+    let out = String::from_utf8_lossy(&watch.stdout);
+    assert_eq!(
+        watch.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&watch.stderr)
+    );
     assert!(out.contains("caught up"), "{out}");
     let (code, out, _) = keibi(p.b.home(), &["status"]);
     assert_eq!(code, 0);
