@@ -249,8 +249,8 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Persists every chunk written unlogged so far, if any (the fetcher calls it when its
-    /// queue runs dry).
+    /// Persists every chunk written unlogged so far, if any: the fetcher's, and those of
+    /// files being written (the fetcher calls it once it has been idle for a moment).
     ///
     /// # Errors
     /// Store errors.

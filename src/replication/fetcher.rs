@@ -9,9 +9,9 @@
 //! (in the wire module) before it is stored; a bad one is counted and asked for again later.
 //!
 //! Fetched chunks are stored without the write-ahead log and persisted once the queue has
-//! been dry for [`FETCH_PERSIST_IDLE_MS`] (or by the store past [`crate::limits::UNLOGGED_CHUNKS_MAX`], or by a local commit
-//! that references them); a crash before that loses only chunks the rescan at the next
-//! start asks for again.
+//! been dry for [`FETCH_PERSIST_IDLE_MS`] (or by the store past
+//! [`crate::limits::UNLOGGED_CHUNKS_MAX`], or by a local commit that references them); a
+//! crash before that loses only chunks the rescan at the next start asks for again.
 //!
 //! A read of a missing chunk ([`crate::chunk::Remote::fetch_now`]) puts it at the front of
 //! the queue and waits for it, at most [`FETCH_READ_TIMEOUT_MS`]; it then fails (EIO), never
