@@ -38,6 +38,9 @@ pub const OVERLAY_BYTES_PER_FILE_MAX: usize = 8 * 1024 * 1024;
 pub const STAGED_BUFFERS_PER_FILE_MAX: usize = 16;
 /// Seal jobs queued for the seal pool; a writer blocks when the queue is full.
 pub const SEAL_QUEUE_JOBS_MAX: usize = 8;
+/// Chunks up to this size are sealed by the thread that hands them over: for a small file,
+/// hashing and storing it takes less time than waking a seal worker and waiting for it.
+pub const SEAL_INLINE_BYTES_MAX: usize = 64 * 1024;
 /// Seal workers per core (two per core measured slower: they contend with RocksDB's
 /// flush thread).
 pub const SEAL_WORKERS_PER_CORE: usize = 1;
@@ -86,6 +89,10 @@ const _: () = assert!(CHUNK_BYTES <= u32::MAX as usize, "frame lengths are u32")
 const _: () = assert!(MANIFEST_CHUNKS_MAX * 33 < RECORD_BYTES_MAX as u64);
 const _: () = assert!(JOURNAL_CHUNK_DIRTY_BYTES_MAX <= JOURNAL_FSYNC_BYTES_MAX);
 const _: () = assert!(STAGED_BUFFERS_PER_FILE_MAX >= 2);
+const _: () = assert!(
+    SEAL_INLINE_BYTES_MAX < CHUNK_BYTES,
+    "full chunks go to the pool"
+);
 const _: () = assert!(OVERLAY_BYTES_MAX <= JOURNAL_CHUNK_DIRTY_BYTES_MAX);
 const _: () = assert!(OVERLAY_BYTES_MAX < OVERLAY_BYTES_PER_FILE_MAX);
 

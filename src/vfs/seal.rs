@@ -14,7 +14,9 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::chunk::{self, ChunkStore};
 use crate::id::ChunkId;
-use crate::limits::{PREFETCH_QUEUE_JOBS_MAX, SEAL_QUEUE_JOBS_MAX, SEAL_WORKERS_PER_CORE};
+use crate::limits::{
+    PREFETCH_QUEUE_JOBS_MAX, SEAL_INLINE_BYTES_MAX, SEAL_QUEUE_JOBS_MAX, SEAL_WORKERS_PER_CORE,
+};
 
 /// One buffer being sealed. Readers use `data` until the result is in.
 pub struct SealJob {
@@ -133,18 +135,21 @@ impl Sealer {
         }
     }
 
-    /// Queues `data` for sealing; blocks while the queue is full. An `unlogged` chunk skips
-    /// the write-ahead log (see [`ChunkStore::put_shared_unlogged`]): for chunks written
-    /// ahead of a commit, which persists them before its record references them.
+    /// Queues `data` for sealing; blocks while the queue is full. A chunk of at most
+    /// [`SEAL_INLINE_BYTES_MAX`] is sealed here instead, before this returns. An `unlogged`
+    /// chunk skips the write-ahead log (see [`ChunkStore::put_shared_unlogged`]): for chunks
+    /// written ahead of a commit, which persists them before its record references them.
     #[must_use]
     pub fn seal(&self, data: Vec<u8>, unlogged: bool) -> Arc<SealJob> {
+        let data_len = data.len();
         let job = Arc::new(SealJob {
             unlogged,
             data: Arc::new(data),
             result: Mutex::new(None),
             done: Condvar::new(),
         });
-        let queued = !self.workers.is_empty()
+        let queued = data_len > SEAL_INLINE_BYTES_MAX
+            && !self.workers.is_empty()
             && self
                 .seal_tx
                 .as_ref()
