@@ -255,7 +255,8 @@ impl Replication for Service {
                 let msg = match got {
                     Ok(Ok(data)) => proto::ChunkData {
                         id: id.0.to_vec(),
-                        data: bytes::Bytes::from(data.as_ref().clone()),
+                        // The cached chunk itself, not a copy of it.
+                        data: bytes::Bytes::from_owner(SharedChunk(data)),
                         missing: false,
                     },
                     Ok(Err(_)) | Err(_) => proto::ChunkData {
@@ -274,6 +275,15 @@ impl Replication for Service {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+}
+
+/// A decoded chunk shared with the chunk cache, lent to a reply without copying it.
+struct SharedChunk(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for SharedChunk {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 
