@@ -1,4 +1,4 @@
-//! Replication between two peers in one process, over real TLS on 127.0.0.1, driving each
+//! Replication between two (and three) peers in one process, over real TLS on 127.0.0.1, driving each
 //! peer's filesystem core directly (no mount): catch-up, rename and append cost, conflicts,
 //! refused devices, lying peers, and randomized schedules that must converge.
 #![expect(clippy::expect_used, reason = "test code fails loudly on setup errors")]
@@ -263,6 +263,42 @@ fn rename_moves_no_data_and_append_fetches_one_chunk() {
         fetched + 1,
         "an append fetched more than one chunk"
     );
+}
+
+/// True when `p` has a session up to each of `n` peers.
+fn dialled_all(p: &Peer, n: usize) -> bool {
+    let st = p.status();
+    st.peers.len() == n && st.peers.iter().all(|q| q.connected_out)
+}
+
+#[test]
+fn a_chunk_is_fetched_from_the_peer_that_has_it() {
+    // A and B connect first, so each is the other's first source. C joins later and alone
+    // has the file: asking only the first source, A and B would ask each other forever.
+    let mut a = Peer::new();
+    let mut b = Peer::new();
+    let mut c = Peer::new();
+    a.start(&[&b, &c]);
+    b.start(&[&a, &c]);
+    assert!(wait_until(20, || {
+        a.status().peers.iter().filter(|p| p.connected_out).count() == 1
+            && b.status().peers.iter().filter(|p| p.connected_out).count() == 1
+    }));
+    c.start(&[&a, &b]);
+    assert!(wait_until(30, || dialled_all(&a, 2)
+        && dialled_all(&b, 2)
+        && dialled_all(&c, 2)));
+    let data = noise(3 << 20, 9);
+    c.write("/from-c", &data);
+    for (name, p) in [("A", &a), ("B", &b)] {
+        assert!(
+            wait_until(30, || p.read("/from-c").as_deref() == Some(&data[..])),
+            "{name} did not get C's file: {:?}",
+            p.status()
+        );
+    }
+    converge(&a, &c, 20);
+    converge(&b, &c, 20);
 }
 
 #[test]

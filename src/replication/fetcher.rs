@@ -1,6 +1,11 @@
 //! The fetcher: chunks that applied records reference and the store lacks, fetched by hash
 //! through `StreamFile` from any connected peer.
 //!
+//! Sources: each request goes to the next connected peer in turn. A peer that answers that
+//! it lacks a chunk is not asked for it again until every connected peer has been (then the
+//! chunk counts as an error and waits [`FETCH_RETRY_MS`]), so a chunk that only a third peer
+//! has is found there, and a file's chunks come from every peer that has them.
+//!
 //! Bounds: [`FETCH_STREAMS_MAX`] streams, each asking for at most [`FETCH_CHUNKS_PER_STREAM`]
 //! chunks, so at most [`FETCH_BYTES_IN_FLIGHT_MAX`] bytes are requested and not yet stored;
 //! the queue holds at most [`FETCH_QUEUE_CHUNKS_MAX`] ids (past that the fetcher rescans the
@@ -61,6 +66,8 @@ struct Queue {
     waiters: HashMap<ChunkId, Vec<crossbeam_channel::Sender<Result<(), String>>>>,
     /// Chunks that failed, and when to try them again.
     retry: Vec<(Instant, ChunkId)>,
+    /// Peers that answered that they lack a chunk, in this round of asking every source.
+    lacked: HashMap<ChunkId, HashSet<DeviceId>>,
     last_error: Option<String>,
 }
 
@@ -71,6 +78,8 @@ pub struct Fetcher {
     wake: Notify,
     /// Connected peers to fetch from.
     sources: Mutex<Vec<(DeviceId, ReplicationClient<tonic::transport::Channel>)>>,
+    /// Turns through `sources`: each request goes to the next peer.
+    turn: AtomicU64,
     /// Set when ids were dropped from a full queue, or at start: rescan the tree.
     rescan: AtomicBool,
     /// Chunks were fetched (stored unlogged) since the last persist.
@@ -90,6 +99,7 @@ impl Fetcher {
             queue: Mutex::new(Queue::default()),
             wake: Notify::new(),
             sources: Mutex::new(Vec::new()),
+            turn: AtomicU64::new(0),
             rescan: AtomicBool::new(true),
             unpersisted: AtomicBool::new(false),
             last_stored: Mutex::new(Instant::now()),
@@ -182,8 +192,10 @@ impl Fetcher {
         self.queue.lock().last_error = Some(error.to_string());
     }
 
-    /// Takes the next ids to ask for: urgent first, then queued, then due retries.
-    fn next_ids(&self) -> Vec<ChunkId> {
+    /// Takes the next ids to ask `device` for: urgent first, then queued, then due retries.
+    /// An id that `device` said it lacks stays queued for another of `sources`, unless every
+    /// one of them lacked it.
+    fn next_ids(&self, device: DeviceId, sources: &[DeviceId]) -> Vec<ChunkId> {
         let mut q = self.queue.lock();
         let now = Instant::now();
         let (due, later): (Vec<_>, Vec<_>) = q.retry.drain(..).partition(|(t, _)| *t <= now);
@@ -194,6 +206,7 @@ impl Fetcher {
             }
         }
         let mut out = Vec::new();
+        let mut skipped = Vec::new();
         while out.len() < FETCH_CHUNKS_PER_STREAM {
             let Some(id) = q.urgent.pop_front().or_else(|| q.normal.pop_front()) else {
                 break;
@@ -201,10 +214,48 @@ impl Fetcher {
             if !q.queued.remove(&id) || q.in_flight.contains(&id) {
                 continue;
             }
+            if let Some(lacked) = q.lacked.get_mut(&id) {
+                if sources.iter().all(|d| lacked.contains(d)) {
+                    // The sources changed since: a new round.
+                    lacked.clear();
+                } else if lacked.contains(&device) {
+                    skipped.push(id);
+                    continue;
+                }
+            }
             q.in_flight.insert(id);
             out.push(id);
         }
+        for id in skipped.into_iter().rev() {
+            q.queued.insert(id);
+            q.normal.push_front(id);
+        }
         out
+    }
+
+    /// `device` answered that it lacks `id`: ask the next source at once, or, when every one
+    /// of `sources` lacked it, count the error and try them all again later.
+    fn finish_lacking(&self, id: ChunkId, device: DeviceId, sources: &[DeviceId]) {
+        let mut q = self.queue.lock();
+        if q.lacked.len() >= FETCH_QUEUE_CHUNKS_MAX && !q.lacked.contains_key(&id) {
+            // Only a shortcut: turning through the sources reaches every peer without it.
+            q.lacked.clear();
+        }
+        let lacked = q.lacked.entry(id).or_default();
+        lacked.insert(device);
+        if sources.iter().all(|d| lacked.contains(d)) {
+            q.lacked.remove(&id);
+            drop(q);
+            self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            self.finish(id, &Err(format!("{device} does not have chunk {id}")));
+            return;
+        }
+        q.in_flight.remove(&id);
+        if q.queued.insert(id) {
+            q.normal.push_front(id);
+        }
+        drop(q);
+        self.wake.notify_waiters();
     }
 
     fn finish(&self, id: ChunkId, result: &Result<(), String>) {
@@ -219,6 +270,7 @@ impl Fetcher {
             }
         }
         let waiters = if result.is_ok() {
+            q.lacked.remove(&id);
             q.waiters.remove(&id).unwrap_or_default()
         } else {
             Vec::new()
@@ -244,12 +296,23 @@ impl Fetcher {
                     Err(e) => self.rescan_failed(&e.to_string()),
                 }
             }
-            let source = self.sources.lock().first().map(|(d, c)| (*d, c.clone()));
-            let ids = if source.is_some() {
-                self.next_ids()
-            } else {
-                Vec::new()
+            let (source, devices) = {
+                let s = self.sources.lock();
+                let devices: Vec<DeviceId> = s.iter().map(|(d, _)| *d).collect();
+                #[expect(clippy::cast_possible_truncation, reason = "an index below len")]
+                let turn =
+                    (self.turn.fetch_add(1, Ordering::Relaxed) % s.len().max(1) as u64) as usize;
+                (s.get(turn).map(|(d, c)| (*d, c.clone())), devices)
             };
+            let ids = match &source {
+                Some((device, _)) => self.next_ids(*device, &devices),
+                None => Vec::new(),
+            };
+            if ids.is_empty() && source.is_some() && self.has_queued() {
+                // Everything queued is for other sources (this one lacked it): their turn.
+                tokio::task::yield_now().await;
+                continue;
+            }
             let (Some((device, client)), false) = (source, ids.is_empty()) else {
                 // The queue has been dry for a while: make what was fetched survive a crash
                 // (one flush for a burst of fetches, not one per file).
@@ -274,8 +337,13 @@ impl Fetcher {
                 .await;
                 continue;
             };
-            self.fetch(device, client, ids).await;
+            self.fetch(device, client, ids, &devices).await;
         }
+    }
+
+    /// True when ids wait in the queue (not counting retries that are not due).
+    fn has_queued(&self) -> bool {
+        !self.queue.lock().queued.is_empty()
     }
 
     /// Asks `client` for `ids` (skipping those the store got meanwhile) and stores what
@@ -285,6 +353,7 @@ impl Fetcher {
         device: DeviceId,
         client: ReplicationClient<tonic::transport::Channel>,
         ids: Vec<ChunkId>,
+        sources: &[DeviceId],
     ) {
         let mut want = Vec::new();
         for id in ids {
@@ -338,8 +407,7 @@ impl Fetcher {
                     }
                     Ok((id, None)) => {
                         open.remove(&id);
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        self.finish(id, &Err(format!("{device} does not have chunk {id}")));
+                        self.finish_lacking(id, device, sources);
                     }
                     Err(e) => {
                         // A lying or broken peer: count it, and drop the stream.
