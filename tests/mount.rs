@@ -559,7 +559,7 @@ fn a_dead_mount_left_behind_is_cleared_by_the_next_mount() {
         )
         .expect("kill watcher");
     }
-    m.kill();
+    m.kill_keeping_dead_mount();
     let err = fs::metadata(mnt.path().join("kept")).expect_err("dead mount");
     assert_eq!(err.raw_os_error(), Some(nix::libc::ENOTCONN), "{err}");
 

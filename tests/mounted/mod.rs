@@ -122,11 +122,18 @@ impl Mount {
         m
     }
 
-    /// Waits for a live mount at the mountpoint (a dead one left by a killed mount answers
-    /// ENOTCONN until the new mount clears it).
+    /// Waits for a live mount at the mountpoint. A dead one left by a killed mount answers
+    /// ENOTCONN until the new mount clears it, but only to requests that reach it: the stat
+    /// of a name that is not there does (the mount caches no negative entries), while the
+    /// root's attributes may still be cached.
     fn wait_mounted(&mut self) {
         let start = Instant::now();
-        while !(is_mounted(&self.mountpoint) && std::fs::metadata(&self.mountpoint).is_ok()) {
+        let probe = self.mountpoint.join(".keibi-test-liveness-probe");
+        let live = |p: &Path| match std::fs::symlink_metadata(p) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        };
+        while !(is_mounted(&self.mountpoint) && live(&probe)) {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
@@ -211,19 +218,43 @@ impl Mount {
 
     /// Kills the mount process with SIGKILL: nothing is committed on the way out. The mount
     /// is left as a killed mount leaves it: `auto_unmount` normally removes it, and when it
-    /// does not (fusermount3 3.14 sometimes exits without unmounting when other mounts change
-    /// at the same moment), the next `keibi mount` on this mountpoint clears it.
+    /// does not within [`KILLED_UNMOUNT_WAIT`] (fusermount3 3.14 sometimes exits without
+    /// unmounting when other mounts change at the same moment), this detaches it.
     pub fn kill(mut self) {
-        self.send(nix::sys::signal::Signal::SIGKILL);
-        let mut child = self.child.take().expect("running");
-        child.wait().expect("wait for the killed mount");
+        self.kill_process();
         // Give auto_unmount its moment: a new mount started while the old watcher is about
         // to unmount could be the one it detaches.
         let start = Instant::now();
         while is_mounted(&self.mountpoint) && start.elapsed() < KILLED_UNMOUNT_WAIT {
             std::thread::sleep(POLL);
         }
+        if is_mounted(&self.mountpoint) {
+            // Detached here: a dead mount can still answer stat from the attributes the
+            // kernel cached, so a new mount's wait would see it as live and the test's first
+            // read would get ENOTCONN.
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z", "--"])
+                .arg(&self.mountpoint)
+                .output();
+            let start = Instant::now();
+            while is_mounted(&self.mountpoint) && start.elapsed() < WAIT {
+                std::thread::sleep(POLL);
+            }
+        }
         self.keep_dead = true;
+    }
+
+    /// Kills the mount process with SIGKILL and leaves whatever mount remains, dead or not,
+    /// for the next `keibi mount` to deal with.
+    pub fn kill_keeping_dead_mount(mut self) {
+        self.kill_process();
+        self.keep_dead = true;
+    }
+
+    fn kill_process(&mut self) {
+        self.send(nix::sys::signal::Signal::SIGKILL);
+        let mut child = self.child.take().expect("running");
+        child.wait().expect("wait for the killed mount");
     }
 }
 
