@@ -549,6 +549,8 @@ fn a_dead_mount_left_behind_is_cleared_by_the_next_mount() {
     let mnt = tempfile::tempdir().expect("mnt");
     let m = Mount::at(home.path(), mnt.path());
     fs::write(m.path().join("kept"), b"committed before the crash").expect("write");
+    // The root's attributes cached again: the dead mount will answer its stat from them.
+    fs::metadata(m.path()).expect("stat the root");
     // Kill the auto_unmount watcher first, then the mount: the mount stays behind, dead.
     let watchers = children_named(m.pid(), "fusermount3");
     assert!(!watchers.is_empty(), "no fusermount3 watcher found");

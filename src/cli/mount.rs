@@ -129,17 +129,30 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// True for the errors of a FUSE mount whose process is gone.
+fn is_dead_mount(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(nix::libc::ENOTCONN | nix::libc::ECONNABORTED)
+    )
+}
+
 /// Checks the mountpoint (detaching a dead keibi mount left on it) and makes it absolute.
 fn prepare_mountpoint(mnt: &Path) -> anyhow::Result<PathBuf> {
+    // A dead mount answers the stat of its root from the kernel's cache when that is still
+    // fresh; a lookup of a name that is not there always reaches it (keibi caches no
+    // negative entries).
+    let probe = std::fs::symlink_metadata(mnt.join(".keibi-mount-probe"));
     let meta = match std::fs::metadata(mnt) {
+        Ok(_) if probe.as_ref().is_err_and(is_dead_mount) => {
+            Err(std::io::Error::from_raw_os_error(nix::libc::ENOTCONN))
+        }
+        other => other,
+    };
+    let meta = match meta {
         // A FUSE mount whose process died (and that auto_unmount did not remove) answers
         // ENOTCONN: detach it, then mount afresh.
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(nix::libc::ENOTCONN | nix::libc::ECONNABORTED)
-            ) =>
-        {
+        Err(e) if is_dead_mount(&e) => {
             eprintln!(
                 "keibi: {} is a mount whose process is gone; detaching it",
                 mnt.display()
