@@ -82,8 +82,9 @@ pub struct Fetcher {
     turn: AtomicU64,
     /// Set when ids were dropped from a full queue, or at start: rescan the tree.
     rescan: AtomicBool,
-    /// Chunks were fetched (stored unlogged) since the last persist.
-    unpersisted: AtomicBool,
+    /// Stored fetched chunks (`stats.chunks`) counted when the last persist began; the
+    /// ones stored before that survive a crash.
+    persisted: AtomicU64,
     /// When the last fetched chunk was stored.
     last_stored: Mutex<Instant>,
     /// Counters.
@@ -101,7 +102,7 @@ impl Fetcher {
             sources: Mutex::new(Vec::new()),
             turn: AtomicU64::new(0),
             rescan: AtomicBool::new(true),
-            unpersisted: AtomicBool::new(false),
+            persisted: AtomicU64::new(0),
             last_stored: Mutex::new(Instant::now()),
             stats: FetchStats::default(),
         })
@@ -165,7 +166,7 @@ impl Fetcher {
     /// True while chunks fetched since the last persist would not survive a crash.
     #[must_use]
     pub fn unpersisted(&self) -> bool {
-        self.unpersisted.load(Ordering::SeqCst)
+        self.stats.chunks.load(Ordering::SeqCst) != self.persisted.load(Ordering::SeqCst)
     }
 
     /// The last fetch error.
@@ -180,10 +181,9 @@ impl Fetcher {
     }
 
     fn persist_failed(&self, error: &str) {
-        self.note_error(&format!("persisting fetched chunks: {error}"));
         // Tried again at the next pause; until then a crash loses them, and the rescan at
         // startup asks for them again.
-        self.unpersisted.store(true, Ordering::SeqCst);
+        self.note_error(&format!("persisting fetched chunks: {error}"));
     }
 
     /// Records `error` where `keibi status` shows it.
@@ -316,15 +316,19 @@ impl Fetcher {
             let (Some((device, client)), false) = (source, ids.is_empty()) else {
                 // The queue has been dry for a while: make what was fetched survive a crash
                 // (one flush for a burst of fetches, not one per file).
+                // Only after the persist has finished does status say so: a chunk counted
+                // before it began was written before it began, so the flush holds it.
                 if self.pending() == (0, 0)
-                    && self.unpersisted.load(Ordering::SeqCst)
+                    && self.unpersisted()
                     && self.last_stored.lock().elapsed()
                         >= Duration::from_millis(FETCH_PERSIST_IDLE_MS)
-                    && self.unpersisted.swap(false, Ordering::SeqCst)
                 {
+                    let upto = self.stats.chunks.load(Ordering::SeqCst);
                     let chunks = Arc::clone(self.vfs.chunks());
                     match tokio::task::spawn_blocking(move || chunks.persist_pending()).await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => {
+                            self.persisted.fetch_max(upto, Ordering::SeqCst);
+                        }
                         Ok(Err(e)) => self.persist_failed(&e.to_string()),
                         Err(e) => self.persist_failed(&e.to_string()),
                     }
@@ -397,7 +401,6 @@ impl Fetcher {
                                 .and_then(|r| r.map_err(|e| e.to_string()));
                         if stored.is_ok() {
                             *self.last_stored.lock() = Instant::now();
-                            self.unpersisted.store(true, Ordering::SeqCst);
                             self.stats.chunks.fetch_add(1, Ordering::Relaxed);
                             self.stats.bytes.fetch_add(len, Ordering::Relaxed);
                         } else {
