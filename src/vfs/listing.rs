@@ -48,14 +48,21 @@ impl Vfs {
                 .children(dir.id, after.as_deref(), READDIR_ENTRIES_MAX)?;
             let done = batch.len() < READDIR_ENTRIES_MAX;
             for (name, id) in batch {
-                if let Ok(r) = self.live_record(id) {
-                    let offset = out.len() as u64 + 1;
-                    out.push(DirEntry {
-                        ino: r.ino,
-                        offset,
-                        kind: r.kind,
-                        name: name.clone(),
-                    });
+                match self.live_record(id) {
+                    Ok(r) => {
+                        let offset = out.len() as u64 + 1;
+                        out.push(DirEntry {
+                            ino: r.ino,
+                            offset,
+                            kind: r.kind,
+                            name: name.clone(),
+                        });
+                    }
+                    // An entry whose file is gone (a tombstone, or removed meanwhile) is
+                    // not listed; a store that cannot be read fails the listing instead
+                    // of hiding the entry.
+                    Err(Error::NotFound) => {}
+                    Err(e) => return Err(e),
                 }
                 after = Some(name);
             }
