@@ -59,7 +59,22 @@ impl Peer {
                 })
                 .collect(),
         };
-        self.rep = Some(Replication::start(&self.vfs, &self.identity, &config).expect("start"));
+        // A restart right after a stop can find the port still held by the old runtime's
+        // listener for a moment: retry, bounded.
+        for _ in 0..50 {
+            match Replication::start(&self.vfs, &self.identity, &config) {
+                Ok(r) => {
+                    self.rep = Some(r);
+                    return;
+                }
+                Err(e @ keibi::replication::Error::Listen { .. }) => {
+                    eprintln!("restart of a peer: {e}; retrying");
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => panic!("start: {e}"),
+            }
+        }
+        panic!("start: port {} stayed taken for 5 s", self.port);
     }
 
     fn stop(&mut self) {
@@ -99,6 +114,7 @@ impl Peer {
         let parent = self.ino(dir)?;
         match self.vfs.lookup(parent, name.as_bytes()) {
             Ok(a) => {
+                // A peer's change may remove the file between the lookup and the open.
                 let fh = self
                     .vfs
                     .open(
@@ -108,7 +124,7 @@ impl Peer {
                             truncate: true,
                         },
                     )
-                    .expect("open");
+                    .ok()?;
                 let mut off = 0;
                 for piece in data.chunks(1 << 20) {
                     self.vfs.write(fh, off, piece).expect("write");
@@ -402,14 +418,18 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
         // Every write: (step, peer, file id, path, content); every deletion: (step, file id).
         let mut writes: Vec<(usize, usize, keibi::id::FileId, String, Vec<u8>)> = Vec::new();
         let mut deletes: Vec<(usize, keibi::id::FileId)> = Vec::new();
+        // What happened, printed when the trees do not converge.
+        let mut log: Vec<String> = Vec::new();
         for step in 0..120 {
             if next(20) == 0 {
                 // A disconnect: both stop, work apart for a while, come back.
                 a.stop();
                 b.stop();
+                log.push(format!("{step}: disconnect"));
             } else if a.rep.is_none() && next(4) == 0 {
                 a.start(&[&b]);
                 b.start(&[&a]);
+                log.push(format!("{step}: reconnect"));
             }
             let who = usize::try_from(next(2)).expect("small");
             let p = if who == 0 { &a } else { &b };
@@ -418,25 +438,25 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
             match next(6) {
                 0..=2 => {
                     let data = format!("seed {seed} step {step} by {who}").into_bytes();
-                    if let Some(ino) = p.try_write(&file, &data) {
-                        let id = p
-                            .vfs
-                            .tables()
-                            .file_of_ino(ino)
-                            .expect("inode map")
-                            .expect("id");
+                    // A write counts when its file still exists after the close: a peer's
+                    // deletion may have removed it in the meantime.
+                    let written = p
+                        .try_write(&file, &data)
+                        .and_then(|ino| p.vfs.tables().file_of_ino(ino).expect("inode map"));
+                    if let Some(id) = written {
                         writes.push((step, who, id, file.clone(), data));
                     }
                 }
                 3 => {
                     let to = format!("/d{}/f{}", next(3), next(6));
-                    if p.ino(&to).is_none() {
-                        p.rename(&file, &to);
+                    if p.ino(&to).is_none() && p.rename(&file, &to) {
+                        log.push(format!("{step}: {who} renamed {file} to {to}"));
                     }
                 }
                 4 => {
                     // Delete a file (a directory is left alone: it may hold files).
                     if let Some(id) = p.unlink(&file) {
+                        log.push(format!("{step}: {who} deleted {file}"));
                         deletes.push((step, id));
                     }
                 }
@@ -444,7 +464,9 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
                     // Move a directory under another one, or back to the root.
                     let from = format!("/d{}", next(3));
                     let to = format!("/d{}/d{}", next(3), next(3));
-                    p.rename(&from, &to);
+                    if p.rename(&from, &to) {
+                        log.push(format!("{step}: {who} moved {from} to {to}"));
+                    }
                 }
             }
         }
@@ -452,7 +474,32 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
             a.start(&[&b]);
             b.start(&[&a]);
         }
-        converge(&a, &b, 60);
+        if !wait_until(60, || a.tree() == b.tree()) {
+            eprintln!("seed {seed}: the trees did not converge. Moves and deletions:");
+            for line in &log {
+                eprintln!("  {line}");
+            }
+            eprintln!("Directory records:");
+            for (label, p) in [("A", &a), ("B", &b)] {
+                p.vfs
+                    .tables()
+                    .for_each_record(&mut |r| {
+                        if r.kind == Kind::Dir {
+                            eprintln!(
+                                "  {label} {:?} parent {:?} name {:?} tomb {} version {:?}",
+                                r.id,
+                                r.parent,
+                                String::from_utf8_lossy(&r.name),
+                                r.tombstone,
+                                r.version
+                            );
+                        }
+                        true
+                    })
+                    .expect("records");
+            }
+            converge(&a, &b, 0);
+        }
         let (tree, contents) = a.contents();
         // A write that no later write to the same file could have replaced, and no later
         // deletion of it removed, must survive somewhere (under its name, a new one, or a
