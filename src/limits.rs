@@ -8,6 +8,12 @@ pub const CHUNK_BYTES: usize = 512 * 1024;
 /// [`CHUNK_BYTES`] as a `u64`, for offset arithmetic.
 pub const CHUNK_BYTES_U64: u64 = CHUNK_BYTES as u64;
 
+/// A chunk is stored as pieces of this size, each compressed, encrypted and checkable on its
+/// own: a small read of a chunk that is not cached decodes one piece, not the whole chunk.
+pub const PIECE_BYTES: usize = 64 * 1024;
+/// Pieces in a whole chunk.
+pub const PIECES_PER_CHUNK_MAX: usize = CHUNK_BYTES / PIECE_BYTES;
+
 /// Largest file keibi stores: the manifest of such a file stays under 32 MiB of hashes.
 pub const FILE_BYTES_MAX: u64 = 1 << 40;
 /// Longest manifest (chunk hashes) of one file.
@@ -85,6 +91,7 @@ pub const FUSE_MAX_WRITE_BYTES: u32 = 1024 * 1024;
 pub const READDIR_ENTRIES_MAX: usize = 1024;
 
 const _: () = assert!(CHUNK_BYTES.is_power_of_two());
+const _: () = assert!(CHUNK_BYTES % PIECE_BYTES == 0 && PIECES_PER_CHUNK_MAX <= 255);
 const _: () = assert!(CHUNK_BYTES <= u32::MAX as usize, "frame lengths are u32");
 const _: () = assert!(MANIFEST_CHUNKS_MAX * 33 < RECORD_BYTES_MAX as u64);
 const _: () = assert!(JOURNAL_CHUNK_DIRTY_BYTES_MAX <= JOURNAL_FSYNC_BYTES_MAX);

@@ -475,29 +475,7 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
             b.start(&[&a]);
         }
         if !wait_until(60, || a.tree() == b.tree()) {
-            eprintln!("seed {seed}: the trees did not converge. Moves and deletions:");
-            for line in &log {
-                eprintln!("  {line}");
-            }
-            eprintln!("Directory records:");
-            for (label, p) in [("A", &a), ("B", &b)] {
-                p.vfs
-                    .tables()
-                    .for_each_record(&mut |r| {
-                        if r.kind == Kind::Dir {
-                            eprintln!(
-                                "  {label} {:?} parent {:?} name {:?} tomb {} version {:?}",
-                                r.id,
-                                r.parent,
-                                String::from_utf8_lossy(&r.name),
-                                r.tombstone,
-                                r.version
-                            );
-                        }
-                        true
-                    })
-                    .expect("records");
-            }
+            print_divergence(seed, &log, &a, &b);
             converge(&a, &b, 0);
         }
         let (tree, contents) = a.contents();
@@ -515,5 +493,32 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
                 );
             }
         }
+    }
+}
+
+/// What a randomized schedule did, and every directory record of both peers.
+fn print_divergence(seed: u64, log: &[String], a: &Peer, b: &Peer) {
+    eprintln!("seed {seed}: the trees did not converge. Moves and deletions:");
+    for line in log {
+        eprintln!("  {line}");
+    }
+    eprintln!("Directory records:");
+    for (label, p) in [("A", a), ("B", b)] {
+        p.vfs
+            .tables()
+            .for_each_record(&mut |r| {
+                if r.kind == Kind::Dir {
+                    eprintln!(
+                        "  {label} {:?} parent {:?} name {:?} tomb {} version {:?}",
+                        r.id,
+                        r.parent,
+                        String::from_utf8_lossy(&r.name),
+                        r.tombstone,
+                        r.version
+                    );
+                }
+                true
+            })
+            .expect("records");
     }
 }

@@ -1,5 +1,25 @@
 //! The frame: how one chunk is stored. See `schema/frame.md`.
 //!
+//! Version 2 (written by this build) stores the chunk as pieces of [`PIECE_BYTES`], each
+//! compressed and encrypted on its own, with the chaining value of every piece, so a small
+//! read decodes and checks one piece ([`decode_range`]):
+//!
+//! ```text
+//! 0      version (2)
+//! 1      reserved (0)
+//! 2      cipher  (0 none, 1 AES-256-GCM)
+//! 3      pieces n (1 to 8)
+//! 4..8   plaintext length, u32 LE
+//! ...    n entries: stored length u32 LE (top bit: zstd), then (cipher 1) a 12-byte nonce
+//! ...    n > 1 only: n chaining values of 32 bytes (see `pieces`)
+//! ...    n payloads (cipher 1: ciphertext then 16-byte tag)
+//! ```
+//! Piece `i`'s associated data is the chunk id, the 8 header bytes and `i` (u32 LE): a piece
+//! moved to another place or frame fails authentication. The chaining values are checked
+//! against the chunk id, and each decoded piece against its chaining value.
+//!
+//! Version 1 (one payload, no pieces) is still read:
+//!
 //! ```text
 //! 0      version (1)
 //! 1      codec   (0 raw, 1 zstd)
@@ -9,20 +29,30 @@
 //! 8..20  nonce (cipher 1 only)
 //! ...    payload (cipher 1: ciphertext then 16-byte tag)
 //! ```
-//! The AEAD's associated data is the chunk id followed by the 8 header bytes, so a frame
-//! moved under another key, or a header edited, fails authentication.
+//! Its associated data is the chunk id followed by the 8 header bytes.
 
 use std::cell::RefCell;
 
+use blake3::hazmat::ChainingValue;
+
 use crate::id::ChunkId;
-use crate::limits::{CHUNK_BYTES, ZSTD_LEVEL, ZSTD_MIN_SAVING_DIVISOR, ZSTD_SAMPLE_BYTES};
+use crate::limits::{
+    CHUNK_BYTES, PIECE_BYTES, PIECES_PER_CHUNK_MAX, ZSTD_LEVEL, ZSTD_MIN_SAVING_DIVISOR,
+    ZSTD_SAMPLE_BYTES,
+};
 
 use super::Error;
 use super::crypt::{Cipher, NONCE_BYTES, TAG_BYTES};
+use super::pieces;
 
 /// Frame format version written by this build.
-pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_VERSION: u8 = 2;
+/// The version before pieces, still read.
+const FRAME_VERSION_WHOLE: u8 = 1;
 const HEADER_BYTES: usize = 8;
+/// Set in a piece's stored length when the piece is zstd-compressed.
+const PIECE_ZSTD: u32 = 1 << 31;
+const CV_BYTES: usize = 32;
 
 /// Codec of a frame's payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,48 +134,101 @@ fn aad(id: &ChunkId, header: &[u8]) -> [u8; 32 + HEADER_BYTES] {
     aad
 }
 
-/// Encodes the plaintext `data` of chunk `id` into a frame.
+fn piece_aad(id: &ChunkId, header: &[u8], index: usize) -> [u8; 32 + HEADER_BYTES + 4] {
+    let mut aad = [0u8; 32 + HEADER_BYTES + 4];
+    aad[..32 + HEADER_BYTES].copy_from_slice(&self::aad(id, header));
+    aad[32 + HEADER_BYTES..]
+        .copy_from_slice(&u32::try_from(index).unwrap_or(u32::MAX).to_le_bytes());
+    aad
+}
+
+/// Encodes the plaintext `data` of chunk `id` into a frame (hashing its pieces).
 ///
 /// # Errors
 /// A chunk over [`CHUNK_BYTES`]; compression or encryption failure.
 pub fn encode(id: &ChunkId, data: &[u8], cipher: Option<&Cipher>) -> Result<Vec<u8>, Error> {
+    let cvs = if data.len() > PIECE_BYTES {
+        pieces::hash(data).1
+    } else {
+        Vec::new()
+    };
+    encode_hashed(id, &cvs, data, cipher)
+}
+
+/// As [`encode`], with the chaining values of the pieces that [`pieces::hash`] gave along
+/// with `id` (none for a chunk of one piece).
+///
+/// # Errors
+/// A chunk over [`CHUNK_BYTES`]; chaining values that do not fit the length; compression or
+/// encryption failure.
+pub fn encode_hashed(
+    id: &ChunkId,
+    cvs: &[ChainingValue],
+    data: &[u8],
+    cipher: Option<&Cipher>,
+) -> Result<Vec<u8>, Error> {
     if data.len() > CHUNK_BYTES {
         return Err(Error::Codec(format!(
             "chunk of {} bytes exceeds {CHUNK_BYTES}",
             data.len()
         )));
     }
-    let compressed = if looks_incompressible(data)? {
-        Vec::new()
-    } else {
-        compress(data)?
-    };
-    let use_zstd = !compressed.is_empty()
-        && !data.is_empty()
-        && compressed.len() + data.len() / ZSTD_MIN_SAVING_DIVISOR <= data.len();
-    let (codec, payload) = if use_zstd {
-        (Codec::Zstd, &compressed[..])
-    } else {
-        (Codec::Raw, data)
-    };
+    let n = pieces::count(data.len());
+    if cvs.len() != if n > 1 { n } else { 0 } {
+        return Err(Error::Codec(format!(
+            "{} chaining values for {n} pieces",
+            cvs.len()
+        )));
+    }
+    let try_zstd = !looks_incompressible(data)?;
+    let plain_len = u32::try_from(data.len()).map_err(|_| Error::Codec("length".into()))?;
     let kind = if cipher.is_some() {
         CipherKind::Aes256Gcm
     } else {
         CipherKind::None
     };
-    let plain_len = u32::try_from(data.len()).map_err(|_| Error::Codec("length".into()))?;
-    let mut header = [FRAME_VERSION, codec as u8, kind as u8, 0, 0, 0, 0, 0];
+    let mut header = [
+        FRAME_VERSION,
+        0,
+        kind as u8,
+        u8::try_from(n).map_err(|_| Error::Codec("pieces".into()))?,
+        0,
+        0,
+        0,
+        0,
+    ];
     header[4..8].copy_from_slice(&plain_len.to_le_bytes());
-    // One allocation: header, nonce, payload, tag; the payload is sealed in place.
-    let mut frame = Vec::with_capacity(HEADER_BYTES + NONCE_BYTES + payload.len() + TAG_BYTES);
+    let entry = 4 + if cipher.is_some() { NONCE_BYTES } else { 0 };
+    let table = HEADER_BYTES;
+    let overhead = if cipher.is_some() { TAG_BYTES } else { 0 };
+    // One allocation: header, table, chaining values, payloads; each piece sealed in place.
+    let mut frame =
+        Vec::with_capacity(HEADER_BYTES + n * (entry + CV_BYTES + overhead) + data.len());
     frame.extend_from_slice(&header);
-    if let Some(cipher) = cipher {
-        frame.extend_from_slice(&[0u8; NONCE_BYTES]);
-        frame.extend_from_slice(payload);
-        let nonce = cipher.seal_tail(&aad(id, &header), &mut frame, HEADER_BYTES + NONCE_BYTES)?;
-        frame[HEADER_BYTES..HEADER_BYTES + NONCE_BYTES].copy_from_slice(&nonce);
-    } else {
-        frame.extend_from_slice(payload);
+    frame.resize(table + n * entry, 0);
+    for cv in cvs {
+        frame.extend_from_slice(cv);
+    }
+    let mut piece_data = data.chunks(PIECE_BYTES);
+    for i in 0..n {
+        let piece = piece_data.next().unwrap_or(&[]);
+        let compressed = if try_zstd && !piece.is_empty() {
+            compress(piece)?
+        } else {
+            Vec::new()
+        };
+        let zstd = !compressed.is_empty()
+            && compressed.len() + piece.len() / ZSTD_MIN_SAVING_DIVISOR <= piece.len();
+        let at = frame.len();
+        frame.extend_from_slice(if zstd { &compressed } else { piece });
+        let slot = table + i * entry;
+        if let Some(cipher) = cipher {
+            let nonce = cipher.seal_tail(&piece_aad(id, &header, i), &mut frame, at)?;
+            frame[slot + 4..slot + 4 + NONCE_BYTES].copy_from_slice(&nonce);
+        }
+        let stored = u32::try_from(frame.len() - at).map_err(|_| Error::Codec("piece".into()))?;
+        let word = stored | if zstd { PIECE_ZSTD } else { 0 };
+        frame[slot..slot + 4].copy_from_slice(&word.to_le_bytes());
     }
     Ok(frame)
 }
@@ -165,6 +248,214 @@ pub fn plain_len(frame: &[u8]) -> Option<u32> {
 /// [`Error::Corrupt`] for any frame that is malformed, fails authentication, or whose
 /// plaintext does not hash to `id`; [`Error::Key`] for an encrypted frame without a key.
 pub fn decode(id: &ChunkId, frame: &[u8], cipher: Option<&Cipher>) -> Result<Vec<u8>, Error> {
+    if frame.first() == Some(&FRAME_VERSION_WHOLE) {
+        return decode_whole(id, frame, cipher);
+    }
+    let len = plain_len(frame).unwrap_or(0) as usize;
+    decode_range(id, frame, cipher, 0, len)
+}
+
+/// Bytes `[start, end)` of the plaintext of a frame stored under `id` (`end` clamped to the
+/// plaintext's length), checked against `id`: of a version 2 frame only the pieces that
+/// hold them are decoded and hashed.
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_range(
+    id: &ChunkId,
+    frame: &[u8],
+    cipher: Option<&Cipher>,
+    start: usize,
+    end: usize,
+) -> Result<Vec<u8>, Error> {
+    if frame.first() == Some(&FRAME_VERSION_WHOLE) {
+        let whole = decode_whole(id, frame, cipher)?;
+        let end = end.min(whole.len());
+        return Ok(whole.get(start.min(end)..end).unwrap_or(&[]).to_vec());
+    }
+    let layout = Layout::parse(id, frame, cipher)?;
+    let end = end.min(layout.len);
+    let start = start.min(end);
+    let mut out = Vec::with_capacity(end - start);
+    let mut at = layout.payload_at;
+    for i in 0..layout.n {
+        let word = layout.word(i);
+        let stored = (word & !PIECE_ZSTD) as usize;
+        let payload = frame
+            .get(at..at.saturating_add(stored))
+            .ok_or_else(|| corrupt(id, format!("piece {i} runs past the frame")))?;
+        at += stored;
+        if i + 1 == layout.n && at != frame.len() {
+            return Err(corrupt(id, "bytes after the last piece".into()));
+        }
+        let (p_start, p_end) = (i * PIECE_BYTES, ((i + 1) * PIECE_BYTES).min(layout.len));
+        if p_end > start && p_start < end {
+            let piece = layout.open_piece(i, payload, p_end - p_start)?;
+            out.extend_from_slice(&piece[start.max(p_start) - p_start..end.min(p_end) - p_start]);
+        }
+    }
+    Ok(out)
+}
+
+fn corrupt(id: &ChunkId, reason: String) -> Error {
+    Error::Corrupt { chunk: *id, reason }
+}
+
+/// The parts of a version 2 frame before its payloads, checked.
+struct Layout<'a> {
+    id: ChunkId,
+    header: [u8; HEADER_BYTES],
+    cipher: Option<&'a Cipher>,
+    /// Plaintext length.
+    len: usize,
+    /// Pieces.
+    n: usize,
+    /// Bytes per table entry.
+    entry: usize,
+    table: &'a [u8],
+    cvs: Vec<ChainingValue>,
+    payload_at: usize,
+}
+
+impl<'a> Layout<'a> {
+    fn parse(id: &ChunkId, frame: &'a [u8], cipher: Option<&'a Cipher>) -> Result<Self, Error> {
+        let header: [u8; HEADER_BYTES] = frame
+            .get(..HEADER_BYTES)
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(|| {
+                corrupt(
+                    id,
+                    format!("frame of {} bytes is shorter than its header", frame.len()),
+                )
+            })?;
+        if header[0] != FRAME_VERSION {
+            return Err(corrupt(id, format!("unknown frame version {}", header[0])));
+        }
+        if header[1] != 0 {
+            return Err(corrupt(
+                id,
+                format!("reserved header byte is {}", header[1]),
+            ));
+        }
+        let len = plain_len(&header).unwrap_or(0) as usize;
+        if len > CHUNK_BYTES {
+            return Err(corrupt(
+                id,
+                format!("plaintext length {len} exceeds {CHUNK_BYTES}"),
+            ));
+        }
+        let n = usize::from(header[3]);
+        if n != pieces::count(len) || n > PIECES_PER_CHUNK_MAX {
+            return Err(corrupt(id, format!("{n} pieces for {len} bytes")));
+        }
+        let cipher = match CipherKind::from_code(header[2]) {
+            None => return Err(corrupt(id, format!("unknown cipher {}", header[2]))),
+            Some(CipherKind::None) => None,
+            Some(CipherKind::Aes256Gcm) => Some(cipher.ok_or_else(|| {
+                Error::Key(format!(
+                    "chunk {id} is encrypted but the store has no data key"
+                ))
+            })?),
+        };
+        let entry = 4 + if cipher.is_some() { NONCE_BYTES } else { 0 };
+        let cv_count = if n > 1 { n } else { 0 };
+        let payload_at = HEADER_BYTES + n * entry + cv_count * CV_BYTES;
+        let table = frame
+            .get(HEADER_BYTES..payload_at)
+            .ok_or_else(|| corrupt(id, "frame too short for its piece table".into()))?;
+        let cvs: Vec<ChainingValue> = table[n * entry..]
+            .chunks_exact(CV_BYTES)
+            .map(|c| c.try_into().unwrap_or([0; CV_BYTES]))
+            .collect();
+        if n > 1 && pieces::root_checked(&cvs, len) != Some(*id) {
+            return Err(corrupt(id, "piece hashes do not match the chunk id".into()));
+        }
+        Ok(Self {
+            id: *id,
+            header,
+            cipher,
+            len,
+            n,
+            entry,
+            table,
+            cvs,
+            payload_at,
+        })
+    }
+
+    /// Table word of piece `i`: stored length and the zstd bit.
+    fn word(&self, i: usize) -> u32 {
+        let at = i * self.entry;
+        u32::from_le_bytes([
+            self.table[at],
+            self.table[at + 1],
+            self.table[at + 2],
+            self.table[at + 3],
+        ])
+    }
+
+    /// Piece `i` of `plain` bytes from its stored `payload`: authenticated, decompressed and
+    /// checked against its hash.
+    fn open_piece<'p>(
+        &self,
+        i: usize,
+        payload: &'p [u8],
+        plain: usize,
+    ) -> Result<std::borrow::Cow<'p, [u8]>, Error> {
+        use std::borrow::Cow;
+        let id = &self.id;
+        let opened: Cow<'p, [u8]> = match self.cipher {
+            None => Cow::Borrowed(payload),
+            Some(cipher) => {
+                let at = i * self.entry + 4;
+                let nonce: [u8; NONCE_BYTES] = self.table[at..at + NONCE_BYTES]
+                    .try_into()
+                    .unwrap_or([0; NONCE_BYTES]);
+                if payload.len() < TAG_BYTES {
+                    return Err(corrupt(id, format!("piece {i} too short for its tag")));
+                }
+                let mut sealed = payload.to_vec();
+                let opened = cipher
+                    .open(nonce, &piece_aad(id, &self.header, i), &mut sealed)
+                    .ok_or_else(|| {
+                        corrupt(
+                            id,
+                            format!("piece {i}: authentication failed (tampered or damaged)"),
+                        )
+                    })?
+                    .len();
+                sealed.truncate(opened);
+                Cow::Owned(sealed)
+            }
+        };
+        let piece = if self.word(i) & PIECE_ZSTD == 0 {
+            opened
+        } else {
+            Cow::Owned(
+                decompress(&opened, plain)
+                    .map_err(|e| corrupt(id, format!("piece {i}: zstd: {e}")))?,
+            )
+        };
+        if piece.len() != plain {
+            return Err(corrupt(
+                id,
+                format!("piece {i} is {} bytes, {plain} expected", piece.len()),
+            ));
+        }
+        let good = if self.n > 1 {
+            pieces::chaining_value(i, &piece) == self.cvs[i]
+        } else {
+            ChunkId::of(&piece) == *id
+        };
+        if !good {
+            return Err(corrupt(id, format!("piece {i} does not match its hash")));
+        }
+        Ok(piece)
+    }
+}
+
+/// Decodes a version 1 frame.
+fn decode_whole(id: &ChunkId, frame: &[u8], cipher: Option<&Cipher>) -> Result<Vec<u8>, Error> {
     let corrupt = |reason: String| Error::Corrupt { chunk: *id, reason };
     let header: [u8; HEADER_BYTES] = frame
         .get(..HEADER_BYTES)
@@ -175,9 +466,6 @@ pub fn decode(id: &ChunkId, frame: &[u8], cipher: Option<&Cipher>) -> Result<Vec
                 frame.len()
             ))
         })?;
-    if header[0] != FRAME_VERSION {
-        return Err(corrupt(format!("unknown frame version {}", header[0])));
-    }
     if header[3] != 0 {
         return Err(corrupt(format!("reserved header byte is {}", header[3])));
     }
@@ -285,11 +573,115 @@ mod tests {
             })
             .collect();
         let text = b"the same line again\n".repeat(1000);
+        let zstd_pieces = |f: &[u8]| {
+            (0..usize::from(f[3]))
+                .filter(|i| f[HEADER_BYTES + 4 * i + 3] & 0x80 != 0)
+                .count()
+        };
         let f = encode(&ChunkId::of(&random), &random, None)?;
-        assert_eq!(f[1], Codec::Raw as u8);
+        assert_eq!(zstd_pieces(&f), 0);
+        assert!(f.len() > random.len());
         let f = encode(&ChunkId::of(&text), &text, None)?;
-        assert_eq!(f[1], Codec::Zstd as u8);
+        assert_eq!(zstd_pieces(&f), 1);
         assert!(f.len() < text.len() / 10);
+        Ok(())
+    }
+
+    fn mixed(len: usize) -> Vec<u8> {
+        // Text-like and random stretches, so some pieces compress and some do not.
+        let mut x = 0x9e37_79b9_u64;
+        (0..len)
+            .map(|i| {
+                if (i / PIECE_BYTES) % 2 == 0 {
+                    b"some text that repeats "[i % 23]
+                } else {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()[2]
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ranges_decode_only_what_they_ask_and_match_the_whole() -> Result<(), Error> {
+        let c = cipher();
+        for len in [
+            0,
+            100,
+            PIECE_BYTES,
+            PIECE_BYTES + 1,
+            3 * PIECE_BYTES + 5,
+            CHUNK_BYTES,
+        ] {
+            let data = mixed(len);
+            let id = ChunkId::of(&data);
+            for enc in [None, Some(&c)] {
+                let f = encode(&id, &data, enc)?;
+                assert_eq!(decode(&id, &f, enc)?, data, "length {len}");
+                for (s, e) in [
+                    (0, 1),
+                    (0, 4096),
+                    (PIECE_BYTES - 10, PIECE_BYTES + 10),
+                    (len / 2, len / 2 + 4096),
+                    (len.saturating_sub(3), len + 100),
+                    (len + 5, len + 10),
+                ] {
+                    let want = &data[s.min(len)..e.min(len)];
+                    assert_eq!(decode_range(&id, &f, enc, s, e)?, want, "{len}: {s}..{e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_damaged_piece_fails_its_reads_and_only_those() -> Result<(), Error> {
+        let data = mixed(3 * PIECE_BYTES);
+        let id = ChunkId::of(&data);
+        for enc in [false, true] {
+            let c = cipher();
+            let c = enc.then_some(&c);
+            let mut f = encode(&id, &data, c)?;
+            let last = f.len() - 20;
+            f[last] ^= 1;
+            assert!(decode(&id, &f, c).is_err());
+            assert!(decode_range(&id, &f, c, 2 * PIECE_BYTES, 2 * PIECE_BYTES + 1).is_err());
+            assert_eq!(decode_range(&id, &f, c, 0, 4096)?, &data[..4096]);
+            // Any flipped byte of the table or the chaining values fails every read.
+            let entry = 4 + if enc { NONCE_BYTES } else { 0 };
+            let f = encode(&id, &data, c)?;
+            for i in 0..HEADER_BYTES + 3 * (entry + CV_BYTES) {
+                let mut bad = f.clone();
+                bad[i] ^= 0x04;
+                match decode_range(&id, &bad, c, 0, 4096) {
+                    Err(_) => {}
+                    Ok(back) => assert_eq!(back, &data[..4096], "flip at {i} gave wrong data"),
+                }
+                assert!(decode(&id, &bad, c).is_err(), "flip at {i} undetected");
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn version_1_frames_still_decode() -> Result<(), Error> {
+        // A version 1 frame as earlier builds wrote it: header, then the raw payload.
+        let data = b"written before pieces".to_vec();
+        let id = ChunkId::of(&data);
+        let mut f = vec![
+            FRAME_VERSION_WHOLE,
+            Codec::Raw as u8,
+            CipherKind::None as u8,
+            0,
+        ];
+        f.extend_from_slice(&u32::try_from(data.len()).unwrap_or(0).to_le_bytes());
+        f.extend_from_slice(&data);
+        assert_eq!(decode(&id, &f, None)?, data);
+        assert_eq!(decode_range(&id, &f, None, 8, 14)?, b"before");
+        f[10] ^= 1;
+        assert!(decode(&id, &f, None).is_err());
         Ok(())
     }
 

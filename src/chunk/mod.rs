@@ -13,11 +13,13 @@
 
 pub mod crypt;
 pub mod frame;
+pub mod pieces;
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
 
+use blake3::hazmat::ChainingValue;
 use lru::LruCache;
 use parking_lot::{Mutex, RwLock};
 
@@ -115,6 +117,9 @@ pub struct ChunkStore {
     cipher: Option<Cipher>,
     /// Decoded chunks recently read or written, bounded by [`CHUNK_CACHE_ENTRIES_MAX`].
     cache: Mutex<LruCache<ChunkId, Arc<Vec<u8>>>>,
+    /// Chunks recently read in part ([`Self::read_range`]), bounded like the cache: a chunk
+    /// read in part a second time is decoded whole and cached.
+    read_in_part: Mutex<LruCache<ChunkId, ()>>,
     /// gc coordination; writers hold it only to insert into the protected set.
     gc: Mutex<GcGuard>,
     /// Chunks written without the write-ahead log ([`Durability::Unlogged`]) and not yet
@@ -134,6 +139,7 @@ impl ChunkStore {
             backend,
             cipher,
             cache: Mutex::new(LruCache::new(entries)),
+            read_in_part: Mutex::new(LruCache::new(entries)),
             gc: Mutex::new(GcGuard::default()),
             unlogged: Mutex::new(HashSet::new()),
             remote: RwLock::new(None),
@@ -183,8 +189,9 @@ impl ChunkStore {
     /// # Errors
     /// Store errors; a chunk over [`CHUNK_BYTES`].
     pub fn put(&self, data: &[u8]) -> Result<ChunkId, Error> {
-        let id = ChunkId::of(data);
-        self.put_with_id(id, data)?;
+        let (id, cvs) = pieces::hash(data);
+        self.store_frame(id, Some(&cvs), data, Durability::Buffered)?;
+        self.cache.lock().put(id, Arc::new(data.to_vec()));
         Ok(id)
     }
 
@@ -193,7 +200,7 @@ impl ChunkStore {
     /// # Errors
     /// Store errors.
     pub fn put_with_id(&self, id: ChunkId, data: &[u8]) -> Result<(), Error> {
-        self.store_frame(id, data, Durability::Buffered)?;
+        self.store_frame(id, None, data, Durability::Buffered)?;
         self.cache.lock().put(id, Arc::new(data.to_vec()));
         Ok(())
     }
@@ -203,8 +210,8 @@ impl ChunkStore {
     /// # Errors
     /// Store errors.
     pub fn put_shared(&self, data: Arc<Vec<u8>>) -> Result<ChunkId, Error> {
-        let id = ChunkId::of(&data);
-        self.store_frame(id, &data, Durability::Buffered)?;
+        let (id, cvs) = pieces::hash(&data);
+        self.store_frame(id, Some(&cvs), &data, Durability::Buffered)?;
         self.cache.lock().put(id, data);
         Ok(id)
     }
@@ -216,23 +223,33 @@ impl ChunkStore {
     /// # Errors
     /// Store errors.
     pub fn put_shared_unlogged(&self, data: Arc<Vec<u8>>) -> Result<ChunkId, Error> {
-        let id = ChunkId::of(&data);
-        self.put_unlogged_with_id(id, data)?;
+        let (id, cvs) = pieces::hash(&data);
+        self.put_unlogged_with_id(id, Some(&cvs), data)?;
         Ok(id)
     }
 
-    /// Stores a chunk fetched from a peer, whose bytes the wire edge checked against `id`:
-    /// unlogged, as [`Self::put_shared_unlogged`]. A crash before it is persisted loses it;
+    /// Stores a chunk fetched from a peer, whose bytes the wire edge checked against `id`
+    /// (`cvs`: the chaining values of its pieces, from that check): unlogged, as [`Self::put_shared_unlogged`]. A crash before it is persisted loses it;
     /// the record that references it is already here, so the fetcher finds it missing and
     /// asks for it again.
     ///
     /// # Errors
     /// Store errors.
-    pub fn put_fetched(&self, id: ChunkId, data: Arc<Vec<u8>>) -> Result<(), Error> {
-        self.put_unlogged_with_id(id, data)
+    pub fn put_fetched(
+        &self,
+        id: ChunkId,
+        data: Arc<Vec<u8>>,
+        cvs: &[ChainingValue],
+    ) -> Result<(), Error> {
+        self.put_unlogged_with_id(id, Some(cvs), data)
     }
 
-    fn put_unlogged_with_id(&self, id: ChunkId, data: Arc<Vec<u8>>) -> Result<(), Error> {
+    fn put_unlogged_with_id(
+        &self,
+        id: ChunkId,
+        cvs: Option<&[ChainingValue]>,
+        data: Arc<Vec<u8>>,
+    ) -> Result<(), Error> {
         // Listed before the write, so a commit that finds the chunk stored also finds it here.
         let full = {
             let mut u = self.unlogged.lock();
@@ -241,7 +258,7 @@ impl ChunkStore {
         };
         // Kept listed even when it was stored before: another writer may have written it
         // unlogged a moment ago. Persisting a chunk that needed none costs one flush.
-        self.store_frame(id, &data, Durability::Unlogged)?;
+        self.store_frame(id, cvs, &data, Durability::Unlogged)?;
         self.cache.lock().put(id, data);
         if full {
             self.persist_all_unlogged()?;
@@ -294,10 +311,20 @@ impl ChunkStore {
     }
 
     /// Writes the frame of `id` unless it is stored.
-    fn store_frame(&self, id: ChunkId, data: &[u8], durability: Durability) -> Result<(), Error> {
+    /// `cvs`: the chaining values [`pieces::hash`] gave with `id`, when the caller has them.
+    fn store_frame(
+        &self,
+        id: ChunkId,
+        cvs: Option<&[ChainingValue]>,
+        data: &[u8],
+        durability: Durability,
+    ) -> Result<(), Error> {
         self.protect(id);
         if !self.contains(&id)? {
-            let frame = frame::encode(&id, data, self.cipher.as_ref())?;
+            let frame = match cvs {
+                Some(cvs) => frame::encode_hashed(&id, cvs, data, self.cipher.as_ref())?,
+                None => frame::encode(&id, data, self.cipher.as_ref())?,
+            };
             let plain =
                 u32::try_from(data.len()).map_err(|_| Error::Codec("chunk too large".into()))?;
             let stored =
@@ -357,13 +384,55 @@ impl ChunkStore {
         if let Some(hit) = self.cache.lock().get(id) {
             return Ok(Arc::clone(hit));
         }
-        let frame = self
-            .backend
-            .get(Cf::Chunks, &id.0)?
-            .ok_or(Error::Missing(*id))?;
-        let data = Arc::new(frame::decode(id, &frame, self.cipher.as_ref())?);
+        let mut decoded = None;
+        self.backend.read_with(Cf::Chunks, &id.0, &mut |frame| {
+            decoded = frame.map(|f| frame::decode(id, f, self.cipher.as_ref()));
+        })?;
+        let data = Arc::new(decoded.ok_or(Error::Missing(*id))??);
         self.cache.lock().put(*id, Arc::clone(&data));
         Ok(data)
+    }
+
+    /// Appends bytes `[start, end)` of chunk `id` (fewer when the chunk is shorter) to
+    /// `out`, checked against its hash: from the cache when it holds the chunk; else only
+    /// the pieces that hold them are decoded, and nothing is cached, unless the chunk was
+    /// read in part a moment ago (a reader that comes back to a chunk gets it cached).
+    /// A chunk the store lacks is fetched whole, as by [`Self::get`].
+    ///
+    /// # Errors
+    /// As [`Self::get`].
+    pub fn read_range(
+        &self,
+        id: &ChunkId,
+        start: usize,
+        end: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        let cached = self.cache.lock().get(id).cloned();
+        let again = cached.is_none() && self.read_in_part.lock().pop(id).is_some();
+        let whole = match cached {
+            Some(data) => Some(data),
+            None if again => Some(self.get(id)?),
+            None => None,
+        };
+        if let Some(data) = whole {
+            let end = end.min(data.len());
+            out.extend_from_slice(data.get(start.min(end)..end).unwrap_or(&[]));
+            return Ok(());
+        }
+        let mut part = None;
+        self.backend.read_with(Cf::Chunks, &id.0, &mut |frame| {
+            part = frame.map(|f| frame::decode_range(id, f, self.cipher.as_ref(), start, end));
+        })?;
+        if let Some(part) = part {
+            out.extend_from_slice(&part?);
+            self.read_in_part.lock().put(*id, ());
+        } else {
+            let data = self.get(id)?;
+            let end = end.min(data.len());
+            out.extend_from_slice(data.get(start.min(end)..end).unwrap_or(&[]));
+        }
+        Ok(())
     }
 
     /// True when `id` is in the decoded-chunk cache.

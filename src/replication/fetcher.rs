@@ -389,16 +389,17 @@ impl Fetcher {
                     Ok((id, _)) if !open.contains(&id) => {
                         return Err(format!("{device} sent chunk {id}, which was not asked for"));
                     }
-                    Ok((id, Some(data))) => {
+                    Ok((id, Some(checked))) => {
                         open.remove(&id);
                         let chunks = Arc::clone(self.vfs.chunks());
-                        let len = data.len() as u64;
-                        let data = Arc::new(data.to_vec());
-                        let stored =
-                            tokio::task::spawn_blocking(move || chunks.put_fetched(id, data))
-                                .await
-                                .map_err(|e| e.to_string())
-                                .and_then(|r| r.map_err(|e| e.to_string()));
+                        let len = checked.data.len() as u64;
+                        let stored = tokio::task::spawn_blocking(move || {
+                            let data = Arc::new(checked.data.to_vec());
+                            chunks.put_fetched(id, data, &checked.cvs)
+                        })
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
                         if stored.is_ok() {
                             *self.last_stored.lock() = Instant::now();
                             self.stats.chunks.fetch_add(1, Ordering::Relaxed);

@@ -287,11 +287,20 @@ pub fn chunk_request(r: &proto::ChunkRequest) -> Result<Vec<ChunkId>, WireError>
     r.ids.iter().map(|i| chunk_id(i)).collect()
 }
 
+/// A chunk's bytes that hash to its id, with the chaining values of its pieces (which the
+/// store keeps, so they are computed once).
+pub struct CheckedChunk {
+    /// The bytes.
+    pub data: bytes::Bytes,
+    /// As [`crate::chunk::pieces::hash`] gave them.
+    pub cvs: Vec<blake3::hazmat::ChainingValue>,
+}
+
 /// A chunk received: its id and bytes, checked against the hash.
 ///
 /// # Errors
 /// A malformed id, more than one chunk of data, or bytes that do not hash to the id.
-pub fn chunk_data(d: &proto::ChunkData) -> Result<(ChunkId, Option<bytes::Bytes>), WireError> {
+pub fn chunk_data(d: &proto::ChunkData) -> Result<(ChunkId, Option<CheckedChunk>), WireError> {
     let id = chunk_id(&d.id)?;
     if d.missing {
         return Ok((id, None));
@@ -299,10 +308,17 @@ pub fn chunk_data(d: &proto::ChunkData) -> Result<(ChunkId, Option<bytes::Bytes>
     if d.data.len() > CHUNK_BYTES {
         return Err(bad(format!("chunk {id} of {} bytes", d.data.len())));
     }
-    if ChunkId::of(&d.data) != id {
+    let (hashed, cvs) = crate::chunk::pieces::hash(&d.data);
+    if hashed != id {
         return Err(bad(format!("chunk {id}: data does not match its hash")));
     }
-    Ok((id, Some(d.data.clone())))
+    Ok((
+        id,
+        Some(CheckedChunk {
+            data: d.data.clone(),
+            cvs,
+        }),
+    ))
 }
 
 #[cfg(test)]

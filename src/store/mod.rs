@@ -182,6 +182,16 @@ pub trait Backend: Send + Sync {
     /// Database errors, damaged data.
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
+    /// Calls `read` with the value of `key` (`None` if absent), borrowed from the store
+    /// where it can be, so a large value is not copied only to be decoded.
+    ///
+    /// # Errors
+    /// Database errors, damaged data.
+    fn read_with(&self, cf: Cf, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        read(self.get(cf, key)?.as_deref());
+        Ok(())
+    }
+
     /// Visits the entries with `from <= key < to` (`to = None`: to the end) in key order
     /// until `visit` breaks. Entries are read from one consistent view of the store.
     ///

@@ -164,6 +164,17 @@ impl Backend for RocksBackend {
             .map_err(|e| self.err(&e))
     }
 
+    fn read_with(&self, cf: Cf, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
+        let mut opts = ReadOptions::default();
+        opts.set_verify_checksums(verify_checksums(cf));
+        let value = self
+            .db
+            .get_pinned_cf_opt(self.handle(cf)?, key, &opts)
+            .map_err(|e| self.err(&e))?;
+        read(value.as_deref());
+        Ok(())
+    }
+
     fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visit<'_>) -> Result<()> {
         let mut opts = ReadOptions::default();
         opts.set_verify_checksums(verify_checksums(cf));

@@ -166,10 +166,14 @@ impl Vfs {
     }
 
     fn read_once(&self, f: &OpenFile, offset: u64, len: u32) -> Result<Vec<u8>> {
-        let pieces = f
-            .state
-            .lock()
-            .read_plan(offset, len, &self.sealer, &self.chunks);
+        let (pieces, sequential) = {
+            let mut st = f.state.lock();
+            let sequential = offset == st.last_read_end;
+            (
+                st.read_plan(offset, len, &self.sealer, &self.chunks),
+                sequential,
+            )
+        };
         let mut out = Vec::with_capacity(
             pieces
                 .iter()
@@ -187,7 +191,7 @@ impl Vfs {
                 Piece::Bytes(b) => out.extend_from_slice(&b),
                 Piece::Zeros(n) => out.resize(out.len() + n, 0),
                 Piece::Chunk { id, start, end } => {
-                    self.append_chunk_range(&mut out, &id, start, end)?;
+                    self.append_chunk_range(&mut out, &id, start, end, sequential)?;
                 }
                 Piece::Patched {
                     id,
@@ -196,7 +200,7 @@ impl Vfs {
                     patches,
                 } => {
                     let base = out.len();
-                    self.append_chunk_range(&mut out, &id, start, end)?;
+                    self.append_chunk_range(&mut out, &id, start, end, sequential)?;
                     for (at, p) in patches {
                         let from = base + at - start;
                         out[from..from + p.len()].copy_from_slice(&p);
@@ -207,21 +211,34 @@ impl Vfs {
         Ok(out)
     }
 
-    /// Appends bytes `[start, end)` of chunk `id` to `out`, copied once; a chunk shorter than
-    /// that is an error, never zeros.
+    /// Appends bytes `[start, end)` of chunk `id` to `out`; a chunk shorter than that is an
+    /// error, never zeros. A sequential reader gets the whole chunk decoded and cached (its
+    /// next reads and the read-ahead want the rest); any other read decodes only the pieces
+    /// it needs.
     fn append_chunk_range(
         &self,
         out: &mut Vec<u8>,
         id: &ChunkId,
         start: usize,
         end: usize,
+        sequential: bool,
     ) -> Result<()> {
-        let data = self.chunks.get(id)?;
-        let bytes = data.get(start..end).ok_or_else(|| {
-            let reason = format!("{} bytes, the file needs {end}", data.len());
+        let short = |len: usize| {
+            let reason = format!("{len} bytes, the file needs {end}");
             Error::Chunk(Arc::new(chunk::Error::Corrupt { chunk: *id, reason }))
-        })?;
-        out.extend_from_slice(bytes);
+        };
+        if sequential {
+            let data = self.chunks.get(id)?;
+            out.extend_from_slice(data.get(start..end).ok_or_else(|| short(data.len()))?);
+        } else {
+            let before = out.len();
+            self.chunks.read_range(id, start, end, out)?;
+            if out.len() - before != end - start {
+                let got = start + out.len() - before;
+                out.truncate(before);
+                return Err(short(got));
+            }
+        }
         Ok(())
     }
 
