@@ -452,3 +452,94 @@ fn large_sequential_write_reads_back() {
     assert_eq!(read_all(&fx.vfs, ino), data);
     assert_eq!(count(fx.backend.as_ref(), Cf::ChunkIndex), 41);
 }
+
+#[test]
+fn a_file_truncated_to_zero_and_extended_reads_zeros_before_any_commit() -> TestResult {
+    // While the file stays open, nothing of the content it had before the truncate may show
+    // through: not in the extended range, not around a small write.
+    let fx = common::mem()?;
+    let v = &fx.vfs;
+    for (old_len, new_len) in [
+        (6usize, 6u64),
+        (100, 40),
+        (CHUNK_BYTES + 10, CHUNK_BYTES as u64 + 10),
+    ] {
+        let name = format!("f{old_len}");
+        let ino = put_file(v, ROOT_INO, &name, &noise(old_len, 5));
+        let fh = v.open(
+            ino,
+            OpenFlags {
+                append: false,
+                truncate: true,
+            },
+        )?;
+        v.setattr(
+            ino,
+            &SetAttr {
+                size: Some(new_len),
+                ..SetAttr::default()
+            },
+        )?;
+        let mut want = vec![0u8; usize::try_from(new_len)?];
+        assert_eq!(
+            v.read(fh, 0, u32::try_from(new_len)?)?,
+            want,
+            "extended {name}"
+        );
+        v.write(fh, 1, b"x")?;
+        want[1] = b'x';
+        assert_eq!(
+            v.read(fh, 0, u32::try_from(new_len)?)?,
+            want,
+            "written {name}"
+        );
+        v.release(fh)?;
+        assert_eq!(read_all(v, ino), want, "committed {name}");
+    }
+    Ok(())
+}
+
+#[test]
+fn journal_entries_of_a_truncated_chunk_do_not_come_back() -> TestResult {
+    // An fsynced small write goes to the journal; a truncate that cuts its chunk off and a
+    // growth back over it, committed, must leave zeros there after a restart, not the
+    // journaled bytes replayed onto the new content.
+    let dir = tempfile::tempdir()?;
+    let len = 2 * CHUNK_BYTES;
+    let ino = {
+        let fx = common::rocks(dir.path()).expect("fixture");
+        let v = &fx.vfs;
+        let ino = put_file(v, ROOT_INO, "db", &noise(len, 8));
+        let fh = v.open(ino, OpenFlags::default())?;
+        v.write(fh, CHUNK_BYTES as u64 + 10, &[7u8; 4096])?;
+        v.fsync(fh)?;
+        assert!(count(fx.backend.as_ref(), Cf::Journal) > 0);
+        // An open with O_TRUNC while the first handle stays open: the truncate is staged,
+        // not committed, until the growth back commits.
+        let fh2 = v.open(
+            ino,
+            OpenFlags {
+                append: false,
+                truncate: true,
+            },
+        )?;
+        v.setattr(
+            ino,
+            &SetAttr {
+                size: Some(len as u64),
+                ..SetAttr::default()
+            },
+        )?;
+        v.fsync(fh)?;
+        v.release(fh2)?;
+        v.release(fh)?;
+        ino
+    };
+    let fx = common::rocks(dir.path()).expect("fixture");
+    let got = read_all(&fx.vfs, ino);
+    assert!(
+        got == vec![0u8; len],
+        "the truncated file reads zeros after a restart"
+    );
+    Ok(())
+}

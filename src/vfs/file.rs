@@ -401,6 +401,7 @@ impl Vfs {
             Durability::Buffered
         };
         if needs_record {
+            let cut = st.base.len() as u64;
             let manifest = self.manifest_of(st)?;
             // Chunks sealed ahead of this commit, and chunks fetched from a peer that the
             // file kept, may have been stored unlogged: the record never survives a crash
@@ -419,7 +420,13 @@ impl Vfs {
                 for idx in sealed.iter().filter(|i| st.journaled.contains(i)) {
                     Tables::delete_journal(&mut batch, st.id, *idx, *idx + 1);
                 }
-                for idx in st.journaled.iter().filter(|i| **i >= chunk_count(st.size)) {
+                // Entries of chunks past the end, or cut off by a truncate since the last
+                // commit (journal entries only ever patch a chunk of the base).
+                for idx in st
+                    .journaled
+                    .iter()
+                    .filter(|i| **i >= chunk_count(st.size) || **i >= cut)
+                {
                     Tables::delete_journal(&mut batch, st.id, *idx, *idx + 1);
                 }
                 self.tables.put_record(&mut batch, &mut rec);
@@ -434,7 +441,7 @@ impl Vfs {
                 st.journaled.remove(idx);
             }
             let count = chunk_count(st.size);
-            st.journaled.retain(|i| *i < count);
+            st.journaled.retain(|i| *i < count && *i < cut);
         } else if !jbatch.is_empty() {
             self.tables.backend().write(jbatch, durability)?;
         } else if mode == CommitMode::Sync {

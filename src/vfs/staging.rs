@@ -192,6 +192,11 @@ impl FileState {
             if new_size % CHUNK_BYTES_U64 != 0 {
                 self.load(keep - 1, chunks)?;
             }
+            // The committed chunks past the new end are gone for this file: growing it again
+            // before a commit must show zeros there, not them (and the commit must not
+            // reference them, nor keep their journal entries).
+            self.base
+                .truncate(usize::try_from(keep).unwrap_or(usize::MAX));
         }
         Ok(())
     }
