@@ -543,3 +543,50 @@ fn journal_entries_of_a_truncated_chunk_do_not_come_back() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn two_contents_under_one_version_settle_on_one() -> TestResult {
+    // Two peers that merged the same concurrent pair, each while holding a different version
+    // of the other's, can each keep its own side under the same merged vector (seen in the
+    // randomized replication schedules: a directory named differently on each peer, with
+    // equal versions). Exchanging the two records must settle both peers on one of them.
+    let (a, b) = (common::mem()?, common::mem()?);
+    let d = a.vfs.mkdir(ROOT_INO, b"d", 0o755, ME)?;
+    let id = a.vfs.tables().file_of_ino(d.ino)?.ok_or("no id")?;
+    let base = a.vfs.tables().record(id)?.ok_or("no record")?;
+    assert!(!b.vfs.apply_remote(1, &base, true)?.outcome.waits());
+    let third = 777;
+    let mut merged = base.version.clone();
+    merged.0.push((third, 1));
+    for (peer, name) in [(&a, b"x"), (&b, b"y")] {
+        let mut rec = base.clone();
+        rec.name = name.to_vec();
+        rec.version = merged.clone();
+        assert!(!peer.vfs.apply_remote(third, &rec, true)?.outcome.waits());
+    }
+    let from_a = a.vfs.tables().record(id)?.ok_or("no record")?;
+    let from_b = b.vfs.tables().record(id)?.ok_or("no record")?;
+    assert_eq!(from_a.version, from_b.version);
+    assert_ne!(from_a.name, from_b.name);
+    b.vfs.apply_remote(1, &from_a, true)?;
+    a.vfs.apply_remote(2, &from_b, true)?;
+    let (ra, rb) = (
+        a.vfs.tables().record(id)?.ok_or("no record")?,
+        b.vfs.tables().record(id)?.ok_or("no record")?,
+    );
+    assert_eq!((&ra.name, ra.parent), (&rb.name, rb.parent));
+    let listed = |v: &keibi::vfs::Vfs| -> Result<Vec<Vec<u8>>, BoxError> {
+        let fh = v.opendir(ROOT_INO)?;
+        let names = v
+            .readdir(fh, 0)?
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| n != b"." && n != b"..")
+            .collect();
+        v.releasedir(fh);
+        Ok(names)
+    };
+    assert_eq!(listed(&a.vfs)?, listed(&b.vfs)?);
+    assert_eq!(listed(&a.vfs)?.len(), 1, "one directory, under one name");
+    Ok(())
+}

@@ -4,7 +4,9 @@
 //! Every rule here is a function of the records alone (never of arrival time or of which
 //! peer is local), so that every peer that has seen the same versions builds the same tree:
 //!
-//! - newer version: it replaces the local one; older or equal: ignored;
+//! - newer version: it replaces the local one; older or equal: ignored (an equal version
+//!   with other content, which two merges of one concurrent pair can leave, is settled by
+//!   the rule for concurrent versions, without a conflict copy);
 //! - concurrent versions of a file: the winner is the one with the later modification time,
 //!   then the larger encoded version vector (directories: the vector alone); the loser is kept as a conflict copy whose id
 //!   and name derive from the file id and the loser's version, so every peer makes the same
@@ -417,7 +419,17 @@ impl Work<'_> {
         let order = local.map_or(Order::Newer, |l| rec.version.compare(&l.version));
         let dirty = st.is_some_and(|s| !s.is_clean());
         match order {
-            Order::Older | Order::Equal => Ok(Outcome::Ignored),
+            Order::Older => Ok(Outcome::Ignored),
+            Order::Equal => match local {
+                Some(l) if !same_content(&rec, l) => {
+                    if dirty {
+                        Ok(Outcome::WaitOpen)
+                    } else {
+                        self.settle_equal(rec, l, settle_names, origin)
+                    }
+                }
+                _ => Ok(Outcome::Ignored),
+            },
             // Local writes not yet committed: the commit comes first, then the record is
             // compared again (and is then concurrent, so both versions are kept).
             Order::Newer | Order::Concurrent if dirty => Ok(Outcome::WaitOpen),
@@ -461,6 +473,39 @@ impl Work<'_> {
         }
         self.store(rec, local, origin)?;
         Ok(Outcome::Applied)
+    }
+
+    /// Two contents under one version vector. Two peers that merged the same pair of
+    /// concurrent versions, each while it held a different version of the other's (one
+    /// changed in between), can each keep its own side under the merged vector. The loser
+    /// of each merge already has its conflict copy, so here the winner by the rule for
+    /// concurrent versions (a live record beats a deletion) replaces the loser, without a
+    /// new copy: both peers hold both records, so they settle on the same one.
+    fn settle_equal(
+        &mut self,
+        rec: FileRecord,
+        l: &FileRecord,
+        settle_names: bool,
+        origin: u64,
+    ) -> Result<Outcome> {
+        let remote_wins = if rec.tombstone == l.tombstone {
+            wins(&rec, l)
+        } else {
+            !rec.tombstone
+        };
+        if !remote_wins {
+            return Ok(Outcome::Ignored);
+        }
+        if rec.tombstone {
+            self.store(rec, Some(l), origin)?;
+            return Ok(Outcome::Conflict);
+        }
+        let placed = self.place(rec, Some(l), settle_names, origin)?;
+        Ok(if placed == Outcome::Applied {
+            Outcome::Conflict
+        } else {
+            placed
+        })
     }
 
     fn concurrent(
@@ -526,12 +571,14 @@ impl Work<'_> {
                 return Ok(placed);
             }
         } else {
+            // The merged version goes back out, the sender included: a sender that merged
+            // the same pair the other way (it held another version of ours) then settles
+            // with it (`settle_equal`) instead of keeping its side under the same vector.
             let mut keep = l.clone();
             keep.version = merged;
-            let origin_kept = keep.origin;
             self.vfs
                 .tables
-                .put_remote_record(&mut self.batch, &mut keep, origin_kept);
+                .put_remote_record(&mut self.batch, &mut keep, 0);
             self.touched.insert(keep.id, keep);
         }
         if loser.kind != Kind::Dir {

@@ -50,6 +50,14 @@ pub(super) fn wins(a: &FileRecord, b: &FileRecord) -> bool {
             r.version.0.clone(),
             r.manifest.clone(),
             r.name.clone(),
+            // Equal versions with other content get here too: every field that can differ
+            // takes part, so two different records never tie.
+            r.parent,
+            r.mode,
+            r.size,
+            r.target.clone(),
+            r.tombstone,
+            r.kind as u8,
         )
     };
     key(a) > key(b)
