@@ -181,11 +181,26 @@ pub fn wait_until(secs: u64, mut ok: impl FnMut() -> bool) -> bool {
     ok()
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, below the kernel's ephemeral range
+/// (32768 and up here): a peer that a test stops and starts again listens on the same
+/// port, and a port from the ephemeral range can meanwhile be taken as the local port of
+/// any outgoing connection on the machine (seen once: a restart found it taken for 5 s).
 ///
 /// # Errors
 /// Binding or reading the local address failed.
 pub fn free_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    let seed = std::collections::hash_map::RandomState::new();
+    for attempt in 0..200u64 {
+        let mut h = seed.build_hasher();
+        h.write_u64(attempt);
+        let port = LOW + u16::try_from(h.finish() % u64::from(HIGH - LOW)).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
