@@ -36,6 +36,12 @@ enum Op {
     Fsync {
         f: usize,
     },
+    /// Another open of the file with `O_TRUNC`, kept open until the file is closed: the
+    /// truncate stays staged in the file's open state, not committed, for the operations
+    /// that follow.
+    OpenTruncate {
+        f: usize,
+    },
     Close {
         f: usize,
     },
@@ -63,6 +69,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(f, off, len, byte)| Op::Write { f, off, len, byte }),
         2 => (f.clone(), prop_oneof![Just(0), 0..1300 * KIB, Just(512 * KIB)]).prop_map(|(f, size)| Op::Truncate { f, size }),
         2 => f.clone().prop_map(|f| Op::Fsync { f }),
+        2 => f.clone().prop_map(|f| Op::OpenTruncate { f }),
         2 => f.clone().prop_map(|f| Op::Close { f }),
         2 => (f.clone(), f.clone()).prop_map(|(f, g)| Op::Rename { f, g }),
         1 => f.clone().prop_map(|f| Op::Unlink { f }),
@@ -88,6 +95,8 @@ struct Model {
 
 struct Harness {
     open: BTreeMap<usize, u64>,
+    /// More handles of a file (from `OpenTruncate`), released with it.
+    extra: Vec<(usize, u64)>,
 }
 
 fn pattern(len: usize, byte: u8, off: u64) -> Vec<u8> {
@@ -128,6 +137,9 @@ impl Harness {
     }
 
     fn close(&mut self, vfs: &Vfs, f: usize) {
+        for (_, fh) in self.extra.extract_if(.., |(g, _)| *g == f) {
+            vfs.release(fh).expect("release");
+        }
         if let Some(fh) = self.open.remove(&f) {
             vfs.release(fh).expect("release");
         }
@@ -182,6 +194,25 @@ fn apply(vfs: &mut Vfs, h: &mut Harness, m: &mut Model, op: &Op, remount: &dyn F
                 vfs.fsync(*fh).expect("fsync");
             }
         }
+        Op::OpenTruncate { f } => {
+            if let Some(content) = m.files.get_mut(&f) {
+                let ino = vfs
+                    .lookup(parent_ino(vfs, f).expect("parent"), &name(f))
+                    .expect("lookup")
+                    .ino;
+                let fh = vfs
+                    .open(
+                        ino,
+                        OpenFlags {
+                            append: false,
+                            truncate: true,
+                        },
+                    )
+                    .expect("open with O_TRUNC");
+                h.extra.push((f, fh));
+                content.clear();
+            }
+        }
         Op::Close { f } => h.close(vfs, f),
         Op::Rename { f, g } => {
             let (Ok(pf), Ok(pg)) = (parent_ino(vfs, f), parent_ino(vfs, g)) else {
@@ -197,6 +228,9 @@ fn apply(vfs: &mut Vfs, h: &mut Harness, m: &mut Model, op: &Op, remount: &dyn F
                         h.close(vfs, g);
                         if let Some(fh) = h.open.remove(&f) {
                             h.open.insert(g, fh);
+                        }
+                        for e in h.extra.iter_mut().filter(|e| e.0 == f) {
+                            e.0 = g;
                         }
                     }
                     m.files.insert(g, content);
@@ -236,7 +270,12 @@ fn apply(vfs: &mut Vfs, h: &mut Harness, m: &mut Model, op: &Op, remount: &dyn F
             }
         }
         Op::Remount => {
-            let open: Vec<usize> = h.open.keys().copied().collect();
+            let open: std::collections::BTreeSet<usize> = h
+                .open
+                .keys()
+                .chain(h.extra.iter().map(|e| &e.0))
+                .copied()
+                .collect();
             for f in open {
                 h.close(vfs, f);
             }
@@ -298,20 +337,26 @@ fn run(ops: &[Op], vfs: Vfs, remount: &dyn Fn(Vfs) -> Vfs) {
     let mut vfs = vfs;
     let mut h = Harness {
         open: BTreeMap::new(),
+        extra: Vec::new(),
     };
     let mut m = Model::default();
     for op in ops {
         apply(&mut vfs, &mut h, &mut m, op, remount);
         check(&vfs, &mut h, &m);
     }
-    let open: Vec<usize> = h.open.keys().copied().collect();
+    let open: std::collections::BTreeSet<usize> = h
+        .open
+        .keys()
+        .chain(h.extra.iter().map(|e| &e.0))
+        .copied()
+        .collect();
     for f in open {
         h.close(&vfs, f);
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
     fn vfs_matches_model_in_memory(ops in proptest::collection::vec(op(), 1..30)) {
