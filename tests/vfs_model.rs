@@ -137,7 +137,9 @@ impl Harness {
     }
 
     fn close(&mut self, vfs: &Vfs, f: usize) {
-        for (_, fh) in self.extra.extract_if(.., |(g, _)| *g == f) {
+        let (of_f, others): (Vec<_>, Vec<_>) = self.extra.drain(..).partition(|(g, _)| *g == f);
+        self.extra = others;
+        for (_, fh) in of_f {
             vfs.release(fh).expect("release");
         }
         if let Some(fh) = self.open.remove(&f) {
