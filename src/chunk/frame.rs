@@ -1,14 +1,15 @@
 //! The frame: how one chunk is stored. See `schema/frame.md`.
 //!
-//! Version 2 (written by this build) stores the chunk as pieces of [`PIECE_BYTES`], each
-//! compressed and encrypted on its own, with the chaining value of every piece, so a small
-//! read decodes and checks one piece ([`decode_range`]):
+//! Version 2 (written by this build) stores a chunk that does not compress as pieces of
+//! [`PIECE_BYTES`], each encrypted on its own, with the chaining value of every piece, so a
+//! small read decodes and checks one piece ([`decode_range`]); a chunk that compresses is
+//! one zstd piece:
 //!
 //! ```text
 //! 0      version (2)
 //! 1      reserved (0)
 //! 2      cipher  (0 none, 1 AES-256-GCM)
-//! 3      pieces n (1 to 8)
+//! 3      pieces n (1, or one per 64 KiB)
 //! 4..8   plaintext length, u32 LE
 //! ...    n entries: stored length u32 LE (top bit: zstd), then (cipher 1) a 12-byte nonce
 //! ...    n > 1 only: n chaining values of 32 bytes (see `pieces`)
@@ -142,17 +143,13 @@ fn piece_aad(id: &ChunkId, header: &[u8], index: usize) -> [u8; 32 + HEADER_BYTE
     aad
 }
 
-/// Encodes the plaintext `data` of chunk `id` into a frame (hashing its pieces).
+/// Encodes the plaintext `data` of chunk `id` into a frame (hashing its pieces if it is
+/// stored in pieces).
 ///
 /// # Errors
 /// A chunk over [`CHUNK_BYTES`]; compression or encryption failure.
 pub fn encode(id: &ChunkId, data: &[u8], cipher: Option<&Cipher>) -> Result<Vec<u8>, Error> {
-    let cvs = if data.len() > PIECE_BYTES {
-        pieces::hash(data).1
-    } else {
-        Vec::new()
-    };
-    encode_hashed(id, &cvs, data, cipher)
+    encode_with(id, None, data, cipher)
 }
 
 /// As [`encode`], with the chaining values of the pieces that [`pieces::hash`] gave along
@@ -167,20 +164,51 @@ pub fn encode_hashed(
     data: &[u8],
     cipher: Option<&Cipher>,
 ) -> Result<Vec<u8>, Error> {
+    encode_with(id, Some(cvs), data, cipher)
+}
+
+/// A chunk that compresses is stored as one compressed piece: zstd over the whole chunk
+/// keeps its ratio and speed (a small read of it decodes it whole, as before pieces). One
+/// that does not (media, packed or encrypted data, databases of binary pages) is stored raw
+/// in pieces, so a small read decodes and checks one piece.
+fn encode_with(
+    id: &ChunkId,
+    cvs: Option<&[ChainingValue]>,
+    data: &[u8],
+    cipher: Option<&Cipher>,
+) -> Result<Vec<u8>, Error> {
     if data.len() > CHUNK_BYTES {
         return Err(Error::Codec(format!(
             "chunk of {} bytes exceeds {CHUNK_BYTES}",
             data.len()
         )));
     }
-    let n = pieces::count(data.len());
+    let compressed = if data.is_empty() || looks_incompressible(data)? {
+        None
+    } else {
+        let c = compress(data)?;
+        (c.len() + data.len() / ZSTD_MIN_SAVING_DIVISOR <= data.len()).then_some(c)
+    };
+    let n = if compressed.is_some() {
+        1
+    } else {
+        pieces::count(data.len())
+    };
+    let hashed;
+    let cvs: &[ChainingValue] = match cvs {
+        _ if n == 1 => &[],
+        Some(cvs) => cvs,
+        None => {
+            hashed = pieces::hash(data).1;
+            &hashed
+        }
+    };
     if cvs.len() != if n > 1 { n } else { 0 } {
         return Err(Error::Codec(format!(
             "{} chaining values for {n} pieces",
             cvs.len()
         )));
     }
-    let try_zstd = !looks_incompressible(data)?;
     let plain_len = u32::try_from(data.len()).map_err(|_| Error::Codec("length".into()))?;
     let kind = if cipher.is_some() {
         CipherKind::Aes256Gcm
@@ -209,25 +237,21 @@ pub fn encode_hashed(
     for cv in cvs {
         frame.extend_from_slice(cv);
     }
-    let mut piece_data = data.chunks(PIECE_BYTES);
-    for i in 0..n {
-        let piece = piece_data.next().unwrap_or(&[]);
-        let compressed = if try_zstd && !piece.is_empty() {
-            compress(piece)?
-        } else {
-            Vec::new()
-        };
-        let zstd = !compressed.is_empty()
-            && compressed.len() + piece.len() / ZSTD_MIN_SAVING_DIVISOR <= piece.len();
+    let payloads: Vec<&[u8]> = match &compressed {
+        Some(c) => vec![&c[..]],
+        None if n == 1 => vec![data],
+        None => data.chunks(PIECE_BYTES).collect(),
+    };
+    for (i, payload) in payloads.into_iter().enumerate() {
         let at = frame.len();
-        frame.extend_from_slice(if zstd { &compressed } else { piece });
+        frame.extend_from_slice(payload);
         let slot = table + i * entry;
         if let Some(cipher) = cipher {
             let nonce = cipher.seal_tail(&piece_aad(id, &header, i), &mut frame, at)?;
             frame[slot + 4..slot + 4 + NONCE_BYTES].copy_from_slice(&nonce);
         }
         let stored = u32::try_from(frame.len() - at).map_err(|_| Error::Codec("piece".into()))?;
-        let word = stored | if zstd { PIECE_ZSTD } else { 0 };
+        let word = stored | if compressed.is_some() { PIECE_ZSTD } else { 0 };
         frame[slot..slot + 4].copy_from_slice(&word.to_le_bytes());
     }
     Ok(frame)
@@ -288,7 +312,7 @@ pub fn decode_range(
         if i + 1 == layout.n && at != frame.len() {
             return Err(corrupt(id, "bytes after the last piece".into()));
         }
-        let (p_start, p_end) = (i * PIECE_BYTES, ((i + 1) * PIECE_BYTES).min(layout.len));
+        let (p_start, p_end) = layout.bounds(i);
         if p_end > start && p_start < end {
             let piece = layout.open_piece(i, payload, p_end - p_start)?;
             out.extend_from_slice(&piece[start.max(p_start) - p_start..end.min(p_end) - p_start]);
@@ -345,7 +369,7 @@ impl<'a> Layout<'a> {
             ));
         }
         let n = usize::from(header[3]);
-        if n != pieces::count(len) || n > PIECES_PER_CHUNK_MAX {
+        if (n != 1 && n != pieces::count(len)) || n > PIECES_PER_CHUNK_MAX {
             return Err(corrupt(id, format!("{n} pieces for {len} bytes")));
         }
         let cipher = match CipherKind::from_code(header[2]) {
@@ -381,6 +405,15 @@ impl<'a> Layout<'a> {
             cvs,
             payload_at,
         })
+    }
+
+    /// Plaintext byte range of piece `i`.
+    fn bounds(&self, i: usize) -> (usize, usize) {
+        if self.n == 1 {
+            (0, self.len)
+        } else {
+            (i * PIECE_BYTES, ((i + 1) * PIECE_BYTES).min(self.len))
+        }
     }
 
     /// Table word of piece `i`: stored length and the zstd bit.
@@ -604,18 +637,36 @@ mod tests {
             .collect()
     }
 
+    fn random(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x.to_le_bytes()[5]
+            })
+            .collect()
+    }
+
     #[test]
     fn ranges_decode_only_what_they_ask_and_match_the_whole() -> Result<(), Error> {
         let c = cipher();
-        for len in [
+        let lens = [
             0,
             100,
             PIECE_BYTES,
             PIECE_BYTES + 1,
             3 * PIECE_BYTES + 5,
             CHUNK_BYTES,
-        ] {
-            let data = mixed(len);
+        ];
+        for (len, kind) in lens.into_iter().flat_map(|l| [(l, 0), (l, 1)]) {
+            // Compressible chunks are one piece, the others one per 64 KiB.
+            let data = if kind == 0 { mixed(len) } else { random(len) };
+            if kind == 1 && len > PIECE_BYTES {
+                let f = encode(&ChunkId::of(&data), &data, None)?;
+                assert_eq!(usize::from(f[3]), pieces::count(len));
+            }
             let id = ChunkId::of(&data);
             for enc in [None, Some(&c)] {
                 let f = encode(&id, &data, enc)?;
@@ -638,7 +689,7 @@ mod tests {
 
     #[test]
     fn a_damaged_piece_fails_its_reads_and_only_those() -> Result<(), Error> {
-        let data = mixed(3 * PIECE_BYTES);
+        let data = random(3 * PIECE_BYTES);
         let id = ChunkId::of(&data);
         for enc in [false, true] {
             let c = cipher();
