@@ -192,8 +192,9 @@ pub fn free_port() -> std::io::Result<u16> {
     use std::hash::{BuildHasher, Hasher};
     const LOW: u16 = 20_000;
     const HIGH: u16 = 32_000;
+    const ATTEMPTS: u64 = 200;
     let seed = std::collections::hash_map::RandomState::new();
-    for attempt in 0..200u64 {
+    for attempt in 0..ATTEMPTS {
         let mut h = seed.build_hasher();
         h.write_u64(attempt);
         let port = LOW + u16::try_from(h.finish() % u64::from(HIGH - LOW)).unwrap_or(0);

@@ -475,12 +475,10 @@ impl Work<'_> {
         Ok(Outcome::Applied)
     }
 
-    /// Two contents under one version vector. Two peers that merged the same pair of
-    /// concurrent versions, each while it held a different version of the other's (one
-    /// changed in between), can each keep its own side under the merged vector. The loser
-    /// of each merge already has its conflict copy, so here the winner by the rule for
-    /// concurrent versions (a live record beats a deletion) replaces the loser, without a
-    /// new copy: both peers hold both records, so they settle on the same one.
+    /// Two contents under one version vector: two peers merged one concurrent pair, each
+    /// holding a different version of the other's, and each kept its own side. Each merge
+    /// already copied its loser, so the winner by the concurrent rule (a live record beats
+    /// a deletion) replaces the loser without a new copy, the same on both peers.
     fn settle_equal(
         &mut self,
         rec: FileRecord,
