@@ -229,9 +229,10 @@ impl ChunkStore {
     }
 
     /// Stores a chunk fetched from a peer, whose bytes the wire edge checked against `id`
-    /// (`cvs`: the chaining values of its pieces, from that check): unlogged, as [`Self::put_shared_unlogged`]. A crash before it is persisted loses it;
-    /// the record that references it is already here, so the fetcher finds it missing and
-    /// asks for it again.
+    /// (`cvs`: the chaining values of its pieces, from that check): unlogged, as
+    /// [`Self::put_shared_unlogged`]. A crash before it is persisted loses it; the record
+    /// that references it is already here, so the fetcher finds it missing and asks for it
+    /// again.
     ///
     /// # Errors
     /// Store errors.
