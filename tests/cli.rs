@@ -225,3 +225,28 @@ fn unknown_schema_and_locked_store_are_refused_clearly() {
         .code(2)
         .stderr(predicate::str::contains("schema version 99"));
 }
+
+#[test]
+fn a_schema_version_1_store_is_upgraded_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path();
+    keibi(home).arg("init").assert().success();
+    let set = |v: u32| {
+        let db = RocksBackend::open(&home.join("store"), false).expect("open");
+        let mut b = Batch::new();
+        b.put(
+            Cf::Meta,
+            b"schema_version".to_vec(),
+            v.to_le_bytes().to_vec(),
+        );
+        db.write(b, Durability::Synced).expect("write");
+    };
+    set(1);
+    keibi(home).arg("verify").assert().code(0);
+    let db = RocksBackend::open(&home.join("store"), false).expect("open");
+    let found = db
+        .get(Cf::Meta, b"schema_version")
+        .expect("get")
+        .expect("schema version");
+    assert_eq!(found, 2u32.to_le_bytes(), "the version is rewritten to 2");
+}

@@ -14,9 +14,14 @@ pub mod tables;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-/// Version of the on-disk format described in `schema/`. A store with another version is
-/// refused.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the on-disk format described in `schema/`. A store of
+/// [`SCHEMA_VERSION_UPGRADED`] is upgraded on open; one of any other version is refused.
+pub const SCHEMA_VERSION: u32 = 2;
+/// The earlier version this build opens and upgrades: version 2 added frames of pieces
+/// (frame version 2) and still reads version 1's frames, so the upgrade only rewrites the
+/// version, and a build that reads version 1 only then refuses the store instead of taking
+/// the new frames for damage.
+pub const SCHEMA_VERSION_UPGRADED: u32 = 1;
 
 /// The column families of a keibi store; `schema/` documents each key and value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,7 +152,7 @@ pub enum Error {
     /// The store's schema version is one this build cannot read.
     #[error(
         "the store at {path} has schema version {found}; this keibi reads version {supported} \
-         only: use a keibi release made for that version"
+         (and upgrades {SCHEMA_VERSION_UPGRADED}): use a keibi release made for that version"
     )]
     SchemaUnknown {
         /// The store directory.

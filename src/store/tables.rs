@@ -10,7 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::id::{FileId, Ino, ROOT_INO};
 use crate::tree::{FileRecord, Kind, Timestamp, VersionVector};
 
-use super::{Backend, Batch, Cf, Durability, Error, Result, SCHEMA_VERSION, keys, scan_prefix};
+use super::{
+    Backend, Batch, Cf, Durability, Error, Result, SCHEMA_VERSION, SCHEMA_VERSION_UPGRADED, keys,
+    scan_prefix,
+};
 
 /// Typed tables over a [`Backend`]. Counters are kept in memory and written with every
 /// batch that advances them.
@@ -46,7 +49,15 @@ impl Tables {
         let found = <[u8; 4]>::try_from(schema.as_slice())
             .map(u32::from_le_bytes)
             .map_err(|_| Error::Malformed("schema version".into()))?;
-        if found != SCHEMA_VERSION {
+        if found == SCHEMA_VERSION_UPGRADED {
+            let mut b = Batch::new();
+            b.put(
+                Cf::Meta,
+                keys::META_SCHEMA.to_vec(),
+                SCHEMA_VERSION.to_le_bytes().to_vec(),
+            );
+            backend.write(b, Durability::Synced)?;
+        } else if found != SCHEMA_VERSION {
             return Err(Error::SchemaUnknown {
                 path: path.to_path_buf(),
                 found,
