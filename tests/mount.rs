@@ -65,6 +65,28 @@ fn file_contents_follow_every_write_and_truncate() {
     fs::write(&a, b"short").expect("O_TRUNC rewrite");
     assert_file(&a, b"short");
 
+    // Opened with O_TRUNC, then written past a gap and grown in the same open: the gap and
+    // the growth read zeros, never the content from before the truncate.
+    let b = root.join("b.bin");
+    fs::write(&b, noise(700_000, 2)).expect("write");
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .truncate(true)
+        .open(&b)
+        .expect("open with O_TRUNC");
+    f.seek(SeekFrom::Start(50_000)).expect("seek");
+    f.write_all(b"x").expect("write past a gap");
+    f.set_len(600_000).expect("grow");
+    let mut want = vec![0u8; 600_000];
+    want[50_000] = b'x';
+    let mut got = Vec::new();
+    f.seek(SeekFrom::Start(0)).expect("seek");
+    f.read_to_end(&mut got).expect("read");
+    assert!(got == want, "the open file reads zeros around its one byte");
+    drop(f);
+    assert_file(&b, &want);
+
     // Empty files stay empty.
     File::create(root.join("empty")).expect("create");
     assert_file(&root.join("empty"), b"");
