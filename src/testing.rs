@@ -7,9 +7,9 @@ use std::sync::Arc;
 use crate::chunk::{ChunkStore, Cipher};
 use crate::home::{Home, InitOptions};
 use crate::id::Ino;
-use crate::store::Backend;
 use crate::store::mem::MemBackend;
 use crate::store::tables::Tables;
+use crate::store::{self, Backend, Cf};
 use crate::vfs::{Creator, OpenFlags, Vfs};
 
 /// The owner tests create files as.
@@ -57,6 +57,71 @@ pub fn reopen_mem(backend: &Arc<dyn Backend>) -> Result<Fixture, BoxError> {
         backend: Arc::clone(backend),
         chunks,
     })
+}
+
+/// A backend that passes everything to `inner` but fails point reads of one key once it is
+/// told which ([`Self::fail_reads_of`]): a store error in one place, for error paths that
+/// the in-memory store cannot reach.
+pub struct FailingBackend {
+    inner: Arc<dyn Backend>,
+    failing: parking_lot::Mutex<Option<(Cf, Vec<u8>)>>,
+}
+
+impl FailingBackend {
+    /// Wraps `inner`; nothing fails until told.
+    #[must_use]
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
+        Self {
+            inner,
+            failing: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// From now on, reads of `key` in `cf` fail with an I/O error.
+    pub fn fail_reads_of(&self, cf: Cf, key: &[u8]) {
+        *self.failing.lock() = Some((cf, key.to_vec()));
+    }
+}
+
+impl Backend for FailingBackend {
+    fn get(&self, cf: Cf, key: &[u8]) -> store::Result<Option<Vec<u8>>> {
+        if self
+            .failing
+            .lock()
+            .as_ref()
+            .is_some_and(|(c, k)| *c == cf && k == key)
+        {
+            return Err(store::Error::Io("injected read failure".into()));
+        }
+        self.inner.get(cf, key)
+    }
+    fn scan(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: store::Visit<'_>,
+    ) -> store::Result<()> {
+        self.inner.scan(cf, from, to, visit)
+    }
+    fn write(&self, batch: store::Batch, durability: store::Durability) -> store::Result<()> {
+        self.inner.write(batch, durability)
+    }
+    fn compact(&self, cf: Cf) -> store::Result<()> {
+        self.inner.compact(cf)
+    }
+    fn disk_bytes(&self, cf: Cf) -> store::Result<u64> {
+        self.inner.disk_bytes(cf)
+    }
+    fn sync(&self) -> store::Result<()> {
+        self.inner.sync()
+    }
+    fn flush(&self) -> store::Result<()> {
+        self.inner.flush()
+    }
+    fn persist(&self, cf: Cf) -> store::Result<()> {
+        self.inner.persist(cf)
+    }
 }
 
 /// A vfs over the store in `home`, created (encrypted) if absent.
