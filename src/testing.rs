@@ -175,6 +175,19 @@ pub fn read_all(vfs: &Vfs, ino: Ino) -> Result<Vec<u8>, BoxError> {
     Ok(out)
 }
 
+/// Entries in column family `cf` of `backend`.
+///
+/// # Errors
+/// The scan failed.
+pub fn count_entries(backend: &dyn Backend, cf: Cf) -> Result<usize, BoxError> {
+    let mut n = 0;
+    backend.scan(cf, &[], None, &mut |_, _| {
+        n += 1;
+        std::ops::ControlFlow::Continue(())
+    })?;
+    Ok(n)
+}
+
 /// Deterministic incompressible bytes (xorshift).
 #[must_use]
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {

@@ -9,8 +9,6 @@
     reason = "test sizes fit in every integer type used"
 )]
 
-use std::ops::ControlFlow;
-
 use keibi::id::ROOT_INO;
 use keibi::limits::CHUNK_BYTES;
 use keibi::store::Cf;
@@ -30,14 +28,7 @@ fn read_all(vfs: &keibi::vfs::Vfs, ino: u64) -> Vec<u8> {
 }
 
 fn count(backend: &dyn keibi::store::Backend, cf: Cf) -> usize {
-    let mut n = 0;
-    backend
-        .scan(cf, &[], None, &mut |_, _| {
-            n += 1;
-            ControlFlow::Continue(())
-        })
-        .expect("scan");
-    n
+    common::count_entries(backend, cf).expect("scan")
 }
 
 #[test]

@@ -1,11 +1,5 @@
 //! vfs core regressions found by the randomized tests and reviews: truncates staged in an
 //! open file, two contents under one version vector, store errors in a listing.
-#![expect(
-    clippy::expect_used,
-    reason = "test helpers fail loudly on setup errors"
-)]
-
-use std::ops::ControlFlow;
 
 use keibi::id::ROOT_INO;
 use keibi::limits::CHUNK_BYTES;
@@ -15,25 +9,6 @@ use keibi::vfs::{OpenFlags, SetAttr};
 use keibi::testing::{self as common, BoxError, ME, noise};
 
 type TestResult = Result<(), BoxError>;
-
-fn put_file(vfs: &keibi::vfs::Vfs, parent: u64, name: &str, data: &[u8]) -> u64 {
-    keibi::testing::put_file(vfs, parent, name, data).expect("put_file")
-}
-
-fn read_all(vfs: &keibi::vfs::Vfs, ino: u64) -> Vec<u8> {
-    keibi::testing::read_all(vfs, ino).expect("read_all")
-}
-
-fn count(backend: &dyn keibi::store::Backend, cf: Cf) -> usize {
-    let mut n = 0;
-    backend
-        .scan(cf, &[], None, &mut |_, _| {
-            n += 1;
-            ControlFlow::Continue(())
-        })
-        .expect("scan");
-    n
-}
 
 #[test]
 fn a_file_truncated_to_zero_and_extended_reads_zeros_before_any_commit() -> TestResult {
@@ -47,7 +22,7 @@ fn a_file_truncated_to_zero_and_extended_reads_zeros_before_any_commit() -> Test
         (CHUNK_BYTES + 10, CHUNK_BYTES as u64 + 10),
     ] {
         let name = format!("f{old_len}");
-        let ino = put_file(v, ROOT_INO, &name, &noise(old_len, 5));
+        let ino = common::put_file(v, ROOT_INO, &name, &noise(old_len, 5))?;
         let fh = v.open(
             ino,
             OpenFlags {
@@ -76,7 +51,7 @@ fn a_file_truncated_to_zero_and_extended_reads_zeros_before_any_commit() -> Test
             "written {name}"
         );
         v.release(fh)?;
-        assert_eq!(read_all(v, ino), want, "committed {name}");
+        assert_eq!(common::read_all(v, ino)?, want, "committed {name}");
     }
     Ok(())
 }
@@ -91,11 +66,11 @@ fn journal_entries_of_a_truncated_chunk_do_not_come_back() -> TestResult {
     let ino = {
         let fx = common::rocks(dir.path()).expect("fixture");
         let v = &fx.vfs;
-        let ino = put_file(v, ROOT_INO, "db", &noise(len, 8));
+        let ino = common::put_file(v, ROOT_INO, "db", &noise(len, 8))?;
         let fh = v.open(ino, OpenFlags::default())?;
         v.write(fh, CHUNK_BYTES as u64 + 10, &[7u8; 4096])?;
         v.fsync(fh)?;
-        assert!(count(fx.backend.as_ref(), Cf::Journal) > 0);
+        assert!(common::count_entries(fx.backend.as_ref(), Cf::Journal)? > 0);
         // An open with O_TRUNC while the first handle stays open: the truncate is staged,
         // not committed, until the growth back commits.
         let fh2 = v.open(
@@ -118,7 +93,7 @@ fn journal_entries_of_a_truncated_chunk_do_not_come_back() -> TestResult {
         ino
     };
     let fx = common::rocks(dir.path()).expect("fixture");
-    let got = read_all(&fx.vfs, ino);
+    let got = common::read_all(&fx.vfs, ino)?;
     assert!(
         got == vec![0u8; len],
         "the truncated file reads zeros after a restart"
@@ -178,8 +153,8 @@ fn an_entry_whose_record_cannot_be_read_fails_the_listing_instead_of_vanishing()
     // A store error reading one child's record must reach the reader: hiding the entry
     // would make the file look deleted.
     let fx = common::mem()?;
-    put_file(&fx.vfs, ROOT_INO, "a", b"1");
-    let b = put_file(&fx.vfs, ROOT_INO, "b", b"2");
+    common::put_file(&fx.vfs, ROOT_INO, "a", b"1")?;
+    let b = common::put_file(&fx.vfs, ROOT_INO, "b", b"2")?;
     let id = fx.vfs.tables().file_of_ino(b)?.ok_or("no id")?;
     let failing = std::sync::Arc::new(common::FailingBackend::new(std::sync::Arc::clone(
         &fx.backend,

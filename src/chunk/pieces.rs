@@ -86,19 +86,8 @@ fn subtree(cvs: &[ChainingValue], leaves: u64) -> ChainingValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::noise;
     use proptest::prelude::*;
-
-    fn bytes(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x.to_le_bytes()[3]
-            })
-            .collect()
-    }
 
     #[test]
     fn piece_roots_equal_blake3_at_the_edges() {
@@ -121,7 +110,7 @@ mod tests {
             crate::limits::CHUNK_BYTES - 1,
             crate::limits::CHUNK_BYTES,
         ] {
-            let data = bytes(len, len as u64);
+            let data = noise(len, len as u64);
             let (id, cvs) = hash(&data);
             assert_eq!(id, ChunkId::of(&data), "length {len}");
             assert_eq!(cvs.len(), if len > p { count(len) } else { 0 });
@@ -131,14 +120,14 @@ mod tests {
     proptest! {
         #[test]
         fn piece_roots_equal_blake3(len in 0usize..=crate::limits::CHUNK_BYTES, seed in any::<u64>()) {
-            let data = bytes(len, seed);
+            let data = noise(len, seed);
             prop_assert_eq!(hash(&data).0, ChunkId::of(&data));
         }
     }
 
     #[test]
     fn a_changed_piece_changes_the_root() {
-        let data = bytes(3 * PIECE_BYTES, 9);
+        let data = noise(3 * PIECE_BYTES, 9);
         let (id, mut cvs) = hash(&data);
         assert_eq!(root_checked(&cvs, data.len()), Some(id));
         cvs[1][0] ^= 1;

@@ -86,18 +86,6 @@ fn mixed(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn random(len: usize) -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1d_u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()[5]
-        })
-        .collect()
-}
-
 #[test]
 fn ranges_decode_only_what_they_ask_and_match_the_whole() -> Result<(), Error> {
     let c = cipher();
@@ -111,7 +99,11 @@ fn ranges_decode_only_what_they_ask_and_match_the_whole() -> Result<(), Error> {
     ];
     for (len, kind) in lens.into_iter().flat_map(|l| [(l, 0), (l, 1)]) {
         // Compressible chunks are one piece, the others one per 64 KiB.
-        let data = if kind == 0 { mixed(len) } else { random(len) };
+        let data = if kind == 0 {
+            mixed(len)
+        } else {
+            crate::testing::noise(len, 3)
+        };
         if kind == 1 && len > PIECE_BYTES {
             let f = encode(&ChunkId::of(&data), &data, None)?;
             assert_eq!(usize::from(f[3]), pieces::count(len));
@@ -138,7 +130,7 @@ fn ranges_decode_only_what_they_ask_and_match_the_whole() -> Result<(), Error> {
 
 #[test]
 fn a_damaged_piece_fails_its_reads_and_only_those() -> Result<(), Error> {
-    let data = random(3 * PIECE_BYTES);
+    let data = crate::testing::noise(3 * PIECE_BYTES, 3);
     let id = ChunkId::of(&data);
     for enc in [false, true] {
         let c = cipher();
