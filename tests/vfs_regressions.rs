@@ -1,8 +1,8 @@
 //! vfs core regressions found by the randomized tests and reviews: truncates staged in an
-//! open file, two contents under one version vector, store errors in a listing.
+//! open file, two contents under one version vector, store errors in a listing, a journal that fills.
 
 use keibi::id::ROOT_INO;
-use keibi::limits::CHUNK_BYTES;
+use keibi::limits::{CHUNK_BYTES, JOURNAL_ENTRIES_PER_FILE_MAX};
 use keibi::store::Cf;
 use keibi::vfs::{OpenFlags, SetAttr};
 
@@ -171,5 +171,50 @@ fn an_entry_whose_record_cannot_be_read_fails_the_listing_instead_of_vanishing()
         listed.is_err(),
         "the listing failed instead of leaving b out: {listed:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn a_full_journal_is_folded_and_fsyncs_journal_again() -> TestResult {
+    // A file kept open and written in small pieces with fsyncs (a database) fills its
+    // journal. The fsync that finds it full must fold it (seal every chunk with entries), so
+    // that later fsyncs journal again instead of sealing every chunk they touch.
+    let fx = common::mem()?;
+    let v = &fx.vfs;
+    let chunks = 8usize;
+    let mut model = noise(chunks * CHUNK_BYTES, 11);
+    let ino = common::put_file(v, ROOT_INO, "db", &model)?;
+    let fh = v.open(ino, OpenFlags::default())?;
+    let ranges = 32usize;
+    let rounds = usize::try_from(JOURNAL_ENTRIES_PER_FILE_MAX)? / ranges + 1;
+    let mut write_round = |round: usize| -> TestResult {
+        // Each round touches one chunk: the others keep their entries, clean.
+        let base = (round % chunks) * CHUNK_BYTES;
+        for r in 0..ranges {
+            let at = base + r * 1024 + (round / chunks) % 512;
+            let bytes = [u8::try_from(round % 251)?; 4];
+            v.write(fh, at as u64, &bytes)?;
+            model[at..at + 4].copy_from_slice(&bytes);
+        }
+        v.fsync(fh)?;
+        Ok(())
+    };
+    for round in 0..rounds {
+        write_round(round)?;
+    }
+    let left = common::count_entries(fx.backend.as_ref(), Cf::Journal)?;
+    assert!(
+        left == 0,
+        "the fsync that found the journal full folded it: {left} entries left"
+    );
+    write_round(rounds)?;
+    let journaled = common::count_entries(fx.backend.as_ref(), Cf::Journal)?;
+    assert!(
+        journaled == ranges,
+        "the next fsync journals its {ranges} writes again: {journaled} entries"
+    );
+    v.release(fh)?;
+    let got = common::read_all(v, ino)?;
+    assert!(got == model, "the file reads every write");
     Ok(())
 }

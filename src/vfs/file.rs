@@ -349,6 +349,44 @@ impl Vfs {
         covered
     }
 
+    /// Sends to the seal pool every staged chunk of `st` that this commit does not keep in
+    /// the journal (`keep`), and drops buffers equal to the committed chunk.
+    fn seal_for_commit(
+        &self,
+        st: &mut FileState,
+        keep: &std::collections::BTreeSet<u64>,
+        mode: CommitMode,
+    ) -> Result<()> {
+        // A full journal is folded: every chunk with entries is sealed, the entries go, and
+        // later fsyncs journal again instead of sealing every chunk they touch.
+        let fold = mode == CommitMode::Sync && st.journal_entries >= JOURNAL_ENTRIES_PER_FILE_MAX;
+        // Seal what is not journaled now; drop buffers equal to the committed chunk.
+        let idxs: Vec<u64> = st.slots.keys().copied().collect();
+        for idx in idxs {
+            let clean_buffer = match st.slots.get(&idx) {
+                Some(Slot::Buffer(b)) => b.journal_ok && b.dirty.is_empty(),
+                Some(Slot::Overlay(o)) => o.dirty.is_empty(),
+                Some(Slot::Sealing(_) | Slot::Sealed(_)) | None => false,
+            };
+            let folded = fold && st.journaled.contains(&idx);
+            if keep.contains(&idx) || (clean_buffer && mode == CommitMode::Sync && !folded) {
+                continue;
+            }
+            if clean_buffer && !st.journaled.contains(&idx) {
+                st.slots.remove(&idx);
+                continue;
+            }
+            if matches!(st.slots.get(&idx), Some(Slot::Overlay(_))) {
+                st.load(idx, &self.chunks)?;
+            }
+            st.seal_slot(idx, &self.sealer, false);
+            // A commit of many overlays loads each chunk whole: keep only a bounded number
+            // of them in memory, not the whole file's.
+            st.bound_sealing();
+        }
+        Ok(())
+    }
+
     /// Commits `st`: see DESIGN.md, "Write path". On failure nothing is lost: data that was
     /// not committed stays staged.
     pub(crate) fn commit_state(&self, st: &mut FileState, mode: CommitMode) -> Result<()> {
@@ -366,29 +404,7 @@ impl Vfs {
             Vec::new()
         };
         let keep: std::collections::BTreeSet<u64> = journaled_now.iter().map(|(i, _)| *i).collect();
-        // Seal what is not journaled now; drop buffers equal to the committed chunk.
-        let idxs: Vec<u64> = st.slots.keys().copied().collect();
-        for idx in idxs {
-            let clean_buffer = match st.slots.get(&idx) {
-                Some(Slot::Buffer(b)) => b.journal_ok && b.dirty.is_empty(),
-                Some(Slot::Overlay(o)) => o.dirty.is_empty(),
-                Some(Slot::Sealing(_) | Slot::Sealed(_)) | None => false,
-            };
-            if keep.contains(&idx) || (clean_buffer && mode == CommitMode::Sync) {
-                continue;
-            }
-            if clean_buffer && !st.journaled.contains(&idx) {
-                st.slots.remove(&idx);
-                continue;
-            }
-            if matches!(st.slots.get(&idx), Some(Slot::Overlay(_))) {
-                st.load(idx, &self.chunks)?;
-            }
-            st.seal_slot(idx, &self.sealer, false);
-            // A commit of many overlays loads each chunk whole: keep only a bounded number
-            // of them in memory, not the whole file's.
-            st.bound_sealing();
-        }
+        self.seal_for_commit(st, &keep, mode)?;
         Self::wait_sealed(st)?;
         st.sealing.clear();
         let sealed = st.indices(|s| matches!(s, Slot::Sealed(_)));
