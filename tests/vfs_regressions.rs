@@ -1,5 +1,6 @@
-//! vfs core regressions found by the randomized tests and reviews: truncates staged in an
-//! open file, two contents under one version vector, store errors in a listing, a journal that fills.
+//! vfs core regressions found by the randomized tests, reviews and benchmarks: truncates
+//! staged in an open file, two contents under one version vector, store errors in a listing,
+//! a journal that fills.
 
 use keibi::id::ROOT_INO;
 use keibi::limits::{CHUNK_BYTES, JOURNAL_ENTRIES_PER_FILE_MAX};
