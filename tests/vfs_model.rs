@@ -105,6 +105,13 @@ fn pattern(len: usize, byte: u8, off: u64) -> Vec<u8> {
         .collect()
 }
 
+/// The inode of model file `f`, which exists.
+fn file_ino(vfs: &Vfs, f: usize) -> u64 {
+    vfs.lookup(parent_ino(vfs, f).expect("parent"), &name(f))
+        .expect("lookup")
+        .ino
+}
+
 fn parent_ino(vfs: &Vfs, f: usize) -> Result<u64, Error> {
     match dir_of(f) {
         None => Ok(ROOT_INO),
@@ -174,10 +181,7 @@ fn apply(vfs: &mut Vfs, h: &mut Harness, m: &mut Model, op: &Op, remount: &dyn F
         }
         Op::Truncate { f, size } => {
             if let Some(content) = m.files.get_mut(&f) {
-                let ino = vfs
-                    .lookup(parent_ino(vfs, f).expect("parent"), &name(f))
-                    .expect("lookup")
-                    .ino;
+                let ino = file_ino(vfs, f);
                 let attr = vfs
                     .setattr(
                         ino,
@@ -198,10 +202,7 @@ fn apply(vfs: &mut Vfs, h: &mut Harness, m: &mut Model, op: &Op, remount: &dyn F
         }
         Op::OpenTruncate { f } => {
             if let Some(content) = m.files.get_mut(&f) {
-                let ino = vfs
-                    .lookup(parent_ino(vfs, f).expect("parent"), &name(f))
-                    .expect("lookup")
-                    .ino;
+                let ino = file_ino(vfs, f);
                 let fh = vfs
                     .open(
                         ino,

@@ -11,6 +11,25 @@ use keibi::testing::{self as common, BoxError, ME, noise};
 
 type TestResult = Result<(), BoxError>;
 
+/// Opens `ino` with `O_TRUNC` and sets its size to `size`, both staged in the open file.
+fn open_truncated_and_resized(v: &keibi::vfs::Vfs, ino: u64, size: u64) -> Result<u64, BoxError> {
+    let fh = v.open(
+        ino,
+        OpenFlags {
+            append: false,
+            truncate: true,
+        },
+    )?;
+    v.setattr(
+        ino,
+        &SetAttr {
+            size: Some(size),
+            ..SetAttr::default()
+        },
+    )?;
+    Ok(fh)
+}
+
 #[test]
 fn a_file_truncated_to_zero_and_extended_reads_zeros_before_any_commit() -> TestResult {
     // While the file stays open, nothing of the content it had before the truncate may show
@@ -24,20 +43,7 @@ fn a_file_truncated_to_zero_and_extended_reads_zeros_before_any_commit() -> Test
     ] {
         let name = format!("f{old_len}");
         let ino = common::put_file(v, ROOT_INO, &name, &noise(old_len, 5))?;
-        let fh = v.open(
-            ino,
-            OpenFlags {
-                append: false,
-                truncate: true,
-            },
-        )?;
-        v.setattr(
-            ino,
-            &SetAttr {
-                size: Some(new_len),
-                ..SetAttr::default()
-            },
-        )?;
+        let fh = open_truncated_and_resized(v, ino, new_len)?;
         let mut want = vec![0u8; usize::try_from(new_len)?];
         assert_eq!(
             v.read(fh, 0, u32::try_from(new_len)?)?,
@@ -74,20 +80,7 @@ fn journal_entries_of_a_truncated_chunk_do_not_come_back() -> TestResult {
         assert!(common::count_entries(fx.backend.as_ref(), Cf::Journal)? > 0);
         // An open with O_TRUNC while the first handle stays open: the truncate is staged,
         // not committed, until the growth back commits.
-        let fh2 = v.open(
-            ino,
-            OpenFlags {
-                append: false,
-                truncate: true,
-            },
-        )?;
-        v.setattr(
-            ino,
-            &SetAttr {
-                size: Some(len as u64),
-                ..SetAttr::default()
-            },
-        )?;
+        let fh2 = open_truncated_and_resized(v, ino, len as u64)?;
         v.fsync(fh)?;
         v.release(fh2)?;
         v.release(fh)?;
