@@ -4,8 +4,18 @@
 # read/write with an fsync every 64 writes, and creating, stat-ing and removing 10,000 small
 # files. Then the peak memory (VmHWM) of the mount process while dd writes a 10 GiB file.
 # Page caches are dropped before every read pass, so reads reach the filesystem.
-# Usage: tools/bench-mount.sh [--no-memory]   (root: it drops page caches)
+# Usage: tools/bench-mount.sh [--no-memory] [--low-latency]   (root: it drops page caches)
+#   --no-memory    skip the 10 GiB memory run
+#   --low-latency  mount with `keibi mount --low-latency`
 set -euo pipefail
+memory=1 mount_args=()
+for arg in "$@"; do
+  case "$arg" in
+    --no-memory) memory=0 ;;
+    --low-latency) mount_args+=(--low-latency) ;;
+    *) echo "usage: $0 [--no-memory] [--low-latency]" >&2; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keibi-target}"
 bash tools/deps.sh
@@ -29,7 +39,7 @@ cleanup() {
 trap cleanup EXIT
 
 start_mount() { # home
-  "$keibi" mount "$mnt" --home "$1" 2>"$work/mount.log" &
+  "$keibi" mount "$mnt" --home "$1" "${mount_args[@]}" 2>"$work/mount.log" &
   pid=$!
   for _ in $(seq 1 500); do
     grep -q " $mnt fuse.keibi " /proc/mounts && return 0
@@ -102,6 +112,7 @@ small_files "$ext4" ext4
 small_files "$mnt" keibi
 workloads_peak=$(peak_rss)
 
+echo "mount options: ${mount_args[*]:-(none)}"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
 awk '
   FNR == NR { f[$1] = $0; next }
@@ -122,7 +133,7 @@ awk '
 ' "$work/fio.txt" "$work/small.txt"
 echo "memory: peak RSS of the mount process over the workloads above: $workloads_peak"
 
-if [ "${1:-}" != "--no-memory" ]; then
+if [ "$memory" = 1 ]; then
   # A fresh mount and store, so the peak belongs to this write alone.
   stop_mount
   rm -rf "$home"

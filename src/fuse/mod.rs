@@ -15,6 +15,7 @@
 //! Page-cache data is kept across opens; changes from peers invalidate it explicitly.
 
 pub mod errno;
+pub mod latency;
 mod ops;
 
 use std::io;
@@ -42,7 +43,8 @@ pub struct MountOptions {
     pub allow_other: bool,
 }
 
-/// Mounts `vfs` at `mountpoint`. The session serves nothing until it is run.
+/// Mounts `vfs` at `mountpoint`; `latency` (from `--low-latency`) is told of every request.
+/// The session serves nothing until it is run.
 ///
 /// # Errors
 /// The mount failed: the mountpoint is missing or busy, `/dev/fuse` or `fusermount3` is
@@ -51,6 +53,7 @@ pub fn session(
     vfs: Arc<Vfs>,
     mountpoint: &Path,
     opts: MountOptions,
+    latency: Option<Arc<latency::LatencyHold>>,
 ) -> io::Result<fuser::Session<KeibiFs>> {
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -80,7 +83,7 @@ pub fn session(
     }
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    fuser::Session::new(KeibiFs::new(vfs), mountpoint, &config)
+    fuser::Session::new(KeibiFs::new(vfs, latency), mountpoint, &config)
 }
 
 /// The kernel caches of a mount, invalidated through fuser's notifier when a peer's change

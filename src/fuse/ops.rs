@@ -15,6 +15,7 @@ use fuser::{
 };
 use nix::libc;
 
+use super::latency::LatencyHold;
 use super::{TTL, errno, file_attr, file_type, kind_of_mode};
 use crate::limits::FUSE_MAX_WRITE_BYTES;
 use crate::tree::Timestamp;
@@ -23,13 +24,22 @@ use crate::vfs::{self, Creator, RenameMode, SetAttr, TimeSet, Vfs};
 /// The filesystem served to the kernel: a thin shell around the vfs core.
 pub struct KeibiFs {
     vfs: Arc<Vfs>,
+    /// Told of every request under `--low-latency`.
+    latency: Option<Arc<LatencyHold>>,
 }
 
 impl KeibiFs {
-    /// A shell around `vfs`.
+    /// A shell around `vfs`; `latency` is told of every request.
     #[must_use]
-    pub fn new(vfs: Arc<Vfs>) -> Self {
-        Self { vfs }
+    pub fn new(vfs: Arc<Vfs>, latency: Option<Arc<LatencyHold>>) -> Self {
+        Self { vfs, latency }
+    }
+
+    /// Called first by every request handler.
+    fn request(&self) {
+        if let Some(l) = &self.latency {
+            l.touch();
+        }
     }
 }
 
@@ -97,10 +107,12 @@ impl fuser::Filesystem for KeibiFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.request();
         entry(reply, self.vfs.lookup(parent.0, name.as_bytes()));
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.request();
         match self.vfs.getattr(ino.0) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => reply.error(errno::of(&e)),
@@ -125,6 +137,7 @@ impl fuser::Filesystem for KeibiFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.request();
         let set = SetAttr {
             mode,
             uid,
@@ -140,6 +153,7 @@ impl fuser::Filesystem for KeibiFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.request();
         match self.vfs.readlink(ino.0) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno::of(&e)),
@@ -156,6 +170,7 @@ impl fuser::Filesystem for KeibiFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.request();
         let Some(kind) = kind_of_mode(mode) else {
             reply.error(Errno::EINVAL);
             return;
@@ -180,6 +195,7 @@ impl fuser::Filesystem for KeibiFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.request();
         let r = self
             .vfs
             .mkdir(parent.0, name.as_bytes(), mode & 0o7777, creator(req));
@@ -187,10 +203,12 @@ impl fuser::Filesystem for KeibiFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.request();
         empty(reply, self.vfs.unlink(parent.0, name.as_bytes()));
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.request();
         empty(reply, self.vfs.rmdir(parent.0, name.as_bytes()));
     }
 
@@ -202,6 +220,7 @@ impl fuser::Filesystem for KeibiFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.request();
         let r = self.vfs.symlink(
             parent.0,
             link_name.as_bytes(),
@@ -221,6 +240,7 @@ impl fuser::Filesystem for KeibiFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.request();
         let mode = if flags.is_empty() {
             RenameMode::Replace
         } else if flags == RenameFlags::RENAME_NOREPLACE {
@@ -250,10 +270,12 @@ impl fuser::Filesystem for KeibiFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.request();
         entry(reply, self.vfs.link(ino.0, newparent.0, newname.as_bytes()));
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.request();
         match self.vfs.open(ino.0, open_flags(flags.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), open_reply_flags()),
             Err(e) => reply.error(errno::of(&e)),
@@ -271,6 +293,7 @@ impl fuser::Filesystem for KeibiFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.request();
         match self.vfs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno::of(&e)),
@@ -289,6 +312,7 @@ impl fuser::Filesystem for KeibiFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        self.request();
         match self.vfs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno::of(&e)),
@@ -303,6 +327,7 @@ impl fuser::Filesystem for KeibiFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.request();
         empty(reply, self.vfs.flush(fh.0));
     }
 
@@ -316,6 +341,7 @@ impl fuser::Filesystem for KeibiFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.request();
         empty(reply, self.vfs.release(fh.0));
     }
 
@@ -327,10 +353,12 @@ impl fuser::Filesystem for KeibiFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.request();
         empty(reply, self.vfs.fsync(fh.0));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.request();
         match self.vfs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno::of(&e)),
@@ -345,6 +373,7 @@ impl fuser::Filesystem for KeibiFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.request();
         let mut offset = offset;
         loop {
             let entries = match self.vfs.readdir(fh.0, offset) {
@@ -377,6 +406,7 @@ impl fuser::Filesystem for KeibiFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.request();
         self.vfs.releasedir(fh.0);
         reply.ok();
     }
@@ -389,10 +419,12 @@ impl fuser::Filesystem for KeibiFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.request();
         empty(reply, self.vfs.sync_all());
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.request();
         match self.vfs.statfs() {
             Ok(s) => reply.statfs(
                 s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
@@ -402,6 +434,7 @@ impl fuser::Filesystem for KeibiFs {
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.request();
         // The kernel checks permissions itself (default_permissions); only existence is ours.
         empty(reply, self.vfs.getattr(ino.0).map(|_| ()));
     }
@@ -416,6 +449,7 @@ impl fuser::Filesystem for KeibiFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        self.request();
         let r = self.vfs.create(
             parent.0,
             name.as_bytes(),
@@ -445,6 +479,7 @@ impl fuser::Filesystem for KeibiFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.request();
         // Plain allocation extends the size (blocks are not reserved: chunks are written
         // when data is); keeping the size makes it a no-op. Punching holes is not offered.
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
@@ -476,10 +511,12 @@ impl fuser::Filesystem for KeibiFs {
         _size: u32,
         reply: ReplyXattr,
     ) {
+        self.request();
         reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        self.request();
         reply.error(Errno::ENOSYS);
     }
 
@@ -493,10 +530,12 @@ impl fuser::Filesystem for KeibiFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.request();
         reply.error(Errno::ENOSYS);
     }
 
     fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        self.request();
         reply.error(Errno::ENOSYS);
     }
 
@@ -513,6 +552,7 @@ impl fuser::Filesystem for KeibiFs {
         _out_size: u32,
         reply: fuser::ReplyIoctl,
     ) {
+        self.request();
         reply.error(Errno::ENOTTY);
     }
 
@@ -528,6 +568,7 @@ impl fuser::Filesystem for KeibiFs {
         _whence: i32,
         reply: ReplyLseek,
     ) {
+        self.request();
         reply.error(Errno::ENOSYS);
     }
 
@@ -544,6 +585,7 @@ impl fuser::Filesystem for KeibiFs {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
+        self.request();
         reply.error(Errno::ENOSYS);
     }
 }
