@@ -165,8 +165,9 @@ def wait_identical(a, b, tail, only, hashing=None):
 class Keibi:
     name = "keibi"
 
-    def __init__(self, work, binary):
+    def __init__(self, work, binary, mount_args=()):
         self.work, self.bin, self.procs = work, binary, []
+        self.mount_args = list(mount_args)
 
     def run(self, *args, home):
         return subprocess.run(
@@ -191,7 +192,7 @@ class Keibi:
                 subprocess.Popen(
                     [self.bin, "mount", self.mounts[i], "--home", homes[i],
                      "--listen", f"127.0.0.1:{ports[i]}",
-                     "--peer", f"{ids[j]}@127.0.0.1:{ports[j]}"],
+                     "--peer", f"{ids[j]}@127.0.0.1:{ports[j]}", *self.mount_args],
                     stdout=log, stderr=log,
                 )
             )
@@ -413,6 +414,8 @@ def main():
     ap.add_argument("--keibi", required=True, help="path of the keibi binary")
     ap.add_argument("--work", default="/var/tmp", help="directory for the run (on a disk)")
     ap.add_argument("--only", default="keibi,syncthing,rsync")
+    ap.add_argument("--low-latency", action="store_true",
+                    help="mount keibi's peers with `keibi mount --low-latency`")
     ap.add_argument("--size-mib", type=int, default=GIB // MIB, help="size of the large file")
     ap.add_argument("--phases", action="store_true",
                     help="also print when each change finished and when B's metadata matched")
@@ -426,7 +429,8 @@ def main():
         big, repo = make_sources(work, args.size_mib * MIB)
         table = {}
         for name in args.only.split(","):
-            system = {"keibi": lambda: Keibi(work, args.keibi),
+            keibi_args = ["--low-latency"] if args.low_latency else []
+            system = {"keibi": lambda: Keibi(work, args.keibi, keibi_args),
                       "syncthing": lambda: Syncthing(work),
                       "rsync": lambda: Rsync(work)}[name]()
             table[name] = run_system(system, big, repo)
