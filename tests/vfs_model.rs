@@ -153,6 +153,19 @@ impl Harness {
             vfs.release(fh).expect("release");
         }
     }
+
+    /// Closes every handle still open, of every file.
+    fn close_all(&mut self, vfs: &Vfs) {
+        let open: std::collections::BTreeSet<usize> = self
+            .open
+            .keys()
+            .chain(self.extra.iter().map(|e| &e.0))
+            .copied()
+            .collect();
+        for f in open {
+            self.close(vfs, f);
+        }
+    }
 }
 
 #[expect(
@@ -273,15 +286,7 @@ fn apply(vfs: &mut Vfs, h: &mut Harness, m: &mut Model, op: &Op, remount: &dyn F
             }
         }
         Op::Remount => {
-            let open: std::collections::BTreeSet<usize> = h
-                .open
-                .keys()
-                .chain(h.extra.iter().map(|e| &e.0))
-                .copied()
-                .collect();
-            for f in open {
-                h.close(vfs, f);
-            }
+            h.close_all(vfs);
             vfs.shutdown().expect("shutdown");
             let old = std::mem::replace(vfs, remount_placeholder());
             *vfs = remount(old);
@@ -347,15 +352,7 @@ fn run(ops: &[Op], vfs: Vfs, remount: &dyn Fn(Vfs) -> Vfs) {
         apply(&mut vfs, &mut h, &mut m, op, remount);
         check(&vfs, &mut h, &m);
     }
-    let open: std::collections::BTreeSet<usize> = h
-        .open
-        .keys()
-        .chain(h.extra.iter().map(|e| &e.0))
-        .copied()
-        .collect();
-    for f in open {
-        h.close(&vfs, f);
-    }
+    h.close_all(&vfs);
 }
 
 proptest! {
