@@ -39,8 +39,9 @@ pub struct Args {
     #[arg(long = "peer", value_name = "DEVICE_ID@HOST:PORT")]
     pub peers: Vec<crate::replication::config::Peer>,
     /// While requests keep arriving, ask the kernel to keep the CPUs in their polling idle
-    /// state instead of halting (a CPU-latency request to the kernel; needs root). Small requests in a row, such as `git checkout`, then wait less for each CPU
-    /// to wake, notably on virtual machines. Withdrawn 100 ms after the last request.
+    /// state instead of halting (a CPU-latency request to the kernel; needs root). Small
+    /// requests in a row, such as `git checkout`, then wait less for each CPU to wake,
+    /// notably on virtual machines. Withdrawn 100 ms after the last request.
     #[arg(long)]
     pub low_latency: bool,
 }

@@ -154,8 +154,8 @@ fn hold(s: &Shared, mut device: File) {
         while s.idle_for() < HOLD && !s.stop.load(Ordering::SeqCst) {
             thread::sleep(CHECK);
         }
-        // A request that came between the check and here finds `held` false and wakes
-        // the wait above, which sees it as recent and requests again.
+        // A request that came after the last check is still recent when the wait above
+        // looks, so the constraint is requested again at once.
         s.held.store(false, Ordering::SeqCst);
         set(&mut device, UNCONSTRAINED_US);
     }
