@@ -76,3 +76,40 @@ fn low_latency_requests_polling_idle_only_while_requests_arrive() {
         "request kept after unmount"
     );
 }
+
+#[test]
+fn low_latency_without_root_is_refused_before_anything_is_created() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A copy of the binary, and directories, that an unprivileged user can reach.
+    let bin = dir.path().join("keibi");
+    fs::copy(mounted::keibi_bin(), &bin).expect("copy the binary");
+    let (home, mnt) = (dir.path().join("home"), dir.path().join("mnt"));
+    fs::create_dir(&mnt).expect("mountpoint");
+    for p in [dir.path(), bin.as_path(), mnt.as_path()] {
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let mut cmd = if nix::unistd::geteuid().is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(&bin);
+        c
+    } else {
+        std::process::Command::new(&bin)
+    };
+    let out = cmd
+        .arg("mount")
+        .arg(&mnt)
+        .arg("--home")
+        .arg(&home)
+        .arg("--low-latency")
+        .output()
+        .expect("run keibi mount");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--low-latency") && err.contains("needs root"),
+        "{err}"
+    );
+    assert!(!home.exists(), "a home was created before the refusal");
+}

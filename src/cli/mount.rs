@@ -48,6 +48,18 @@ pub struct Args {
 
 pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     let mnt = prepare_mountpoint(&args.mountpoint)?;
+    // Refused before anything is created or opened.
+    let latency = if args.low_latency {
+        let hold = fuse::latency::LatencyHold::start().with_context(|| {
+            format!(
+                "--low-latency: opening {} (it needs root)",
+                fuse::latency::CPU_LATENCY_DEVICE
+            )
+        })?;
+        Some(Arc::new(hold))
+    } else {
+        None
+    };
     if !home.store_dir().join("CURRENT").exists() {
         let id = home
             .init(InitOptions { encrypt: true })
@@ -71,17 +83,6 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     .context("starting the control socket")?;
     let opts = MountOptions {
         allow_other: args.allow_other,
-    };
-    let latency = if args.low_latency {
-        let hold = fuse::latency::LatencyHold::start().with_context(|| {
-            format!(
-                "--low-latency: opening {} (it needs root)",
-                fuse::latency::CPU_LATENCY_DEVICE
-            )
-        })?;
-        Some(Arc::new(hold))
-    } else {
-        None
     };
     let session =
         fuse::session(Arc::clone(&vfs), &mnt, opts, latency.clone()).with_context(|| {
