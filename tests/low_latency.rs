@@ -50,6 +50,9 @@ fn low_latency_requests_polling_idle_only_while_requests_arrive() {
     // Without the option a busy mount requests nothing.
     let m = Mount::new();
     assert!(!constrained_while_writing(m.path(), 400));
+    let (_, out, _) = mounted::keibi(m.home(), &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(v["mount"]["low_latency"].is_null(), "{out}");
     m.stop();
 
     let (home, mnt) = (
@@ -67,6 +70,18 @@ fn low_latency_requests_polling_idle_only_while_requests_arrive() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(cpu_latency_now(), unconstrained, "request kept while idle");
+    // `keibi status` says so (it asks over the control socket, not through the mount).
+    let (code, out, err) = mounted::keibi(home.path(), &["status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let l = &v["mount"]["low_latency"];
+    assert_eq!(l["held"], serde_json::Value::Bool(false), "{out}");
+    assert!(l["holds"].as_u64().is_some_and(|n| n >= 1), "{out}");
+    let (_, plain, _) = mounted::keibi(home.path(), &["status"]);
+    assert!(
+        plain.contains("--low-latency: CPU latency 0 withdrawn"),
+        "{plain}"
+    );
     // Held again by the next burst, and gone with the mount.
     assert!(constrained_while_writing(m.path(), 20_000));
     m.stop();

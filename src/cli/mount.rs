@@ -78,7 +78,7 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     let replication = start_replication(home, args, &vfs)?;
     let mut control = control::Server::start(
         home.root(),
-        live_handler(&vfs, replication.clone(), home, &mnt),
+        live_handler(&vfs, replication.clone(), latency.clone(), home, &mnt),
     )
     .context("starting the control socket")?;
     let opts = MountOptions {
@@ -218,6 +218,7 @@ fn start_replication(
 fn live_handler(
     vfs: &Arc<Vfs>,
     replication: Option<Arc<Replication>>,
+    latency: Option<Arc<fuse::latency::LatencyHold>>,
     home: &Home,
     mnt: &Path,
 ) -> Arc<control::Handler> {
@@ -234,6 +235,10 @@ fn live_handler(
                         mount: Some(super::status::MountFigures {
                             mountpoint: mountpoint.clone(),
                             staged_bytes: vfs.staged_bytes(),
+                            low_latency: latency.as_ref().map(|l| {
+                                let (held, holds) = l.state();
+                                super::status::LowLatencyFigures { held, holds }
+                            }),
                         }),
                         replication: replication.as_ref().map(|r| r.status()),
                         figures,

@@ -31,6 +31,17 @@ pub struct MountFigures {
     pub mountpoint: String,
     /// File content held in memory, not yet committed.
     pub staged_bytes: u64,
+    /// With `--low-latency`: the CPU-latency request.
+    pub low_latency: Option<LowLatencyFigures>,
+}
+
+/// The CPU-latency request of a mount started with `--low-latency`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LowLatencyFigures {
+    /// Whether a CPU latency of 0 is requested now (requests arrived in the last 100 ms).
+    pub held: bool,
+    /// How many times it has been requested since the mount started.
+    pub holds: u64,
 }
 
 /// Everything `keibi status` prints.
@@ -63,6 +74,18 @@ pub(crate) fn render(s: &Status, json: bool) -> anyhow::Result<String> {
             super::bytes(m.staged_bytes)
         )?,
         None => writeln!(out, "mount:     not mounted")?,
+    }
+    if let Some(l) = s.mount.as_ref().and_then(|m| m.low_latency.as_ref()) {
+        let now = if l.held {
+            "requested now"
+        } else {
+            "withdrawn while idle"
+        };
+        writeln!(
+            out,
+            "latency:   --low-latency: CPU latency 0 {now} (requested {} times)",
+            l.holds
+        )?;
     }
     writeln!(
         out,

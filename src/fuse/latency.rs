@@ -39,6 +39,8 @@ struct Shared {
     last: AtomicU64,
     /// Whether the constraint is requested now.
     held: AtomicBool,
+    /// How many times it has been requested.
+    holds: AtomicU64,
     stop: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
@@ -76,6 +78,7 @@ impl LatencyHold {
         let shared = Arc::new(Shared {
             last: AtomicU64::new(0),
             held: AtomicBool::new(false),
+            holds: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -100,6 +103,15 @@ impl LatencyHold {
             let _g = s.lock.lock().unwrap_or_else(PoisonError::into_inner);
             s.wake.notify_one();
         }
+    }
+
+    /// Whether the constraint is requested now, and how many times it has been.
+    #[must_use]
+    pub fn state(&self) -> (bool, u64) {
+        (
+            self.shared.held.load(Ordering::SeqCst),
+            self.shared.holds.load(Ordering::SeqCst),
+        )
     }
 
     /// Withdraws the constraint and ends the thread.
@@ -151,6 +163,7 @@ fn hold(s: &Shared, mut device: File) {
         }
         set(&mut device, 0);
         s.held.store(true, Ordering::SeqCst);
+        s.holds.fetch_add(1, Ordering::SeqCst);
         while s.idle_for() < HOLD && !s.stop.load(Ordering::SeqCst) {
             thread::sleep(CHECK);
         }
