@@ -84,17 +84,24 @@ impl Vfs {
 
     /// Takes a reference on the open file of `ino`, creating its staging if needed.
     pub(crate) fn acquire(&self, ino: Ino) -> Result<Arc<OpenFile>> {
+        self.acquire_file(ino)?
+            .ok_or_else(|| Error::Invalid("not a regular file".into()))
+    }
+
+    /// As [`Self::acquire`], or `None` when `ino` is not a regular file. The record is read
+    /// under the open-file lock, so a close that commits meanwhile is not missed.
+    fn acquire_file(&self, ino: Ino) -> Result<Option<Arc<OpenFile>>> {
         let mut open = self.open.lock();
         if let Some(f) = open.get(&ino) {
             f.state.lock().handles += 1;
-            return Ok(Arc::clone(f));
+            return Ok(Some(Arc::clone(f)));
         }
         let r = self.record_of(ino)?;
         if r.tombstone {
             return Err(Error::NotFound);
         }
         if r.kind != Kind::File {
-            return Err(Error::Invalid("not a regular file".into()));
+            return Ok(None);
         }
         let mut st = FileState::from_record(&r);
         st.handles = 1;
@@ -103,7 +110,7 @@ impl Vfs {
             state: Mutex::new(st),
         });
         open.insert(ino, Arc::clone(&f));
-        Ok(f)
+        Ok(Some(f))
     }
 
     /// Drops a reference taken by [`Self::acquire`]; the last one commits and, for a file
@@ -127,15 +134,13 @@ impl Vfs {
     /// # Errors
     /// [`Error::NotFound`]; store errors.
     pub fn open(&self, ino: Ino, flags: OpenFlags) -> Result<u64> {
-        let kind = self.record_of(ino)?.kind;
-        if kind != Kind::File {
+        let Some(f) = self.acquire_file(ino)? else {
             // Nodes (fifos, devices) and links have no content here; the kernel serves them.
             return Ok(self.new_handle(Handle::File {
                 ino,
                 append: flags.append,
             }));
-        }
-        let f = self.acquire(ino)?;
+        };
         if flags.truncate {
             let mut st = f.state.lock();
             if st.size != 0 {
