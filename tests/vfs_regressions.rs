@@ -3,7 +3,7 @@
 //! a journal that fills.
 
 use keibi::id::ROOT_INO;
-use keibi::limits::{CHUNK_BYTES, JOURNAL_ENTRIES_PER_FILE_MAX};
+use keibi::limits::{CHUNK_BYTES, JOURNAL_ENTRIES_PER_FILE_MAX, STAGED_CHECK_WRITES};
 use keibi::store::Cf;
 use keibi::vfs::{OpenFlags, SetAttr};
 
@@ -210,5 +210,53 @@ fn a_full_journal_is_folded_and_fsyncs_journal_again() -> TestResult {
     v.release(fh)?;
     let got = common::read_all(v, ino)?;
     assert!(got == model, "the file reads every write");
+    Ok(())
+}
+
+#[test]
+fn many_files_written_at_random_stay_within_the_staged_budget() -> TestResult {
+    // Each file alone stays far below its own bounds; together they pass the budget, which
+    // must seal the largest instead of letting the total grow with the number of files.
+    let fx = common::mem()?;
+    let v = &fx.vfs;
+    let budget = 1024 * 1024;
+    v.set_staged_budget(budget);
+    let (files, chunks) = (8usize, 16usize);
+    let mut models = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..files {
+        let model = noise(chunks * CHUNK_BYTES, 20 + u64::try_from(i)?);
+        let ino = common::put_file(v, ROOT_INO, &format!("f{i}"), &model)?;
+        handles.push((ino, v.open(ino, OpenFlags::default())?));
+        models.push(model);
+    }
+    let mut peak = 0;
+    // 96 KiB of small patches per chunk of every file: each chunk's overlay becomes a whole
+    // buffer, and every file holds all 16, below its own bound: 64 MiB staged without the
+    // total bound.
+    for round in 0..24usize {
+        for c in 0..chunks {
+            for (i, (_, fh)) in handles.iter().enumerate() {
+                let at = c * CHUNK_BYTES + round * 20_000 + i * 512;
+                let bytes = vec![u8::try_from((round * 31 + c + i) % 251)?; 4096];
+                v.write(*fh, at as u64, &bytes)?;
+                models[i][at..at + bytes.len()].copy_from_slice(&bytes);
+                peak = peak.max(v.staged_bytes());
+            }
+        }
+    }
+    // Slack: a chunk for each write between two checks, and one being relieved.
+    let slack = (STAGED_CHECK_WRITES + 2) * CHUNK_BYTES as u64;
+    assert!(
+        peak <= budget + slack,
+        "staged peaked at {peak} bytes over a budget of {budget}"
+    );
+    for ((ino, fh), model) in handles.into_iter().zip(&models) {
+        v.release(fh)?;
+        assert!(
+            common::read_all(v, ino)? == *model,
+            "file {ino} reads every write"
+        );
+    }
     Ok(())
 }

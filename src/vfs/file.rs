@@ -256,6 +256,8 @@ impl Vfs {
         let mut st = f.state.lock();
         let offset = if append { st.size } else { offset };
         st.write(offset, data, &self.chunks, &self.sealer)?;
+        drop(st);
+        self.bound_staged();
         u32::try_from(data.len()).map_err(|_| Error::Invalid("write larger than 4 GiB".into()))
     }
 

@@ -21,12 +21,13 @@ mod staging;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use crate::chunk::{self, ChunkStore};
 use crate::id::{ChunkId, FileId, Ino};
+use crate::limits::{STAGED_BYTES_TOTAL_MAX, STAGED_CHECK_WRITES};
 use crate::store::{self, tables::Tables};
 use crate::tree::{FileRecord, Kind, Timestamp};
 
@@ -240,6 +241,10 @@ pub struct Vfs {
     statfs_path: PathBuf,
     /// Kernel caches to invalidate after applying a peer's change (set by the mount).
     kernel: parking_lot::RwLock<Option<Arc<dyn KernelCache>>>,
+    /// Writes so far, to check the staged total every [`STAGED_CHECK_WRITES`].
+    writes: AtomicU64,
+    /// The staged total allowed over every open file ([`STAGED_BYTES_TOTAL_MAX`]).
+    staged_budget: AtomicU64,
 }
 
 impl Vfs {
@@ -259,6 +264,8 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             statfs_path: statfs_path.to_path_buf(),
             kernel: parking_lot::RwLock::new(None),
+            writes: AtomicU64::new(0),
+            staged_budget: AtomicU64::new(STAGED_BYTES_TOTAL_MAX),
         };
         vfs.recover()?;
         Ok(vfs)
@@ -335,6 +342,47 @@ impl Vfs {
     pub fn staged_bytes(&self) -> u64 {
         let files: Vec<_> = self.open.lock().values().cloned().collect();
         files.iter().map(|f| f.state.lock().staged_bytes()).sum()
+    }
+
+    /// Sets the staged total allowed over every open file (default
+    /// [`STAGED_BYTES_TOTAL_MAX`]): for tests, and for machines with less memory.
+    pub fn set_staged_budget(&self, bytes: u64) {
+        self.staged_budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Called after each write: every [`STAGED_CHECK_WRITES`], when the open files together
+    /// stage more than the budget, seals the content of the largest until half is left.
+    /// The writer waits for those seals, which is the backpressure.
+    pub(crate) fn bound_staged(&self) {
+        if self.writes.fetch_add(1, Ordering::Relaxed) % STAGED_CHECK_WRITES != 0 {
+            return;
+        }
+        let budget = self.staged_budget.load(Ordering::Relaxed);
+        let files: Vec<_> = self.open.lock().values().cloned().collect();
+        let mut sizes: Vec<_> = files
+            .into_iter()
+            .map(|f| {
+                let bytes = f.state.lock().staged_bytes();
+                (bytes, f)
+            })
+            .collect();
+        let mut total: u64 = sizes.iter().map(|(b, _)| b).sum();
+        if total <= budget {
+            return;
+        }
+        sizes.sort_by_key(|(bytes, _)| std::cmp::Reverse(*bytes));
+        for (bytes, f) in sizes {
+            if total <= budget / 2 {
+                break;
+            }
+            let mut st = f.state.lock();
+            // Another file's relief failing (a chunk under an overlay unreadable) is not this
+            // writer's error: that content stays staged, and its own commit reports.
+            if let Err(e) = st.relieve_all(&self.chunks, &self.sealer) {
+                tracing::warn!(ino = f.ino, error = %e, "could not seal staged content");
+            }
+            total = total.saturating_sub(bytes) + st.staged_bytes();
+        }
     }
 
     /// Statistics of the filesystem holding the store.

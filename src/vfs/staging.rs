@@ -374,6 +374,31 @@ impl FileState {
         }
     }
 
+    /// Seals every overlay and buffer and waits for the seals, so this file holds (almost)
+    /// nothing in memory: relief when all open files together stage too much.
+    ///
+    /// # Errors
+    /// Reading a chunk under an overlay failed; that overlay stays.
+    pub fn relieve_all(&mut self, chunks: &ChunkStore, sealer: &Sealer) -> Result<()> {
+        for idx in self.indices(|s| matches!(s, Slot::Overlay(_))) {
+            self.load(idx, chunks)?;
+            self.seal_slot(idx, sealer, false);
+            self.bound_sealing();
+        }
+        for idx in self.indices(|s| matches!(s, Slot::Buffer(_))) {
+            self.seal_slot(idx, sealer, true);
+            self.bound_sealing();
+        }
+        for idx in self.sealing.clone() {
+            if let Some(Slot::Sealing(job)) = self.slots.get(&idx) {
+                // The outcome is kept in the job: reap or the commit reads it.
+                let _ = job.wait();
+            }
+        }
+        self.reap_sealed();
+        Ok(())
+    }
+
     /// Seals the lowest buffers when more than [`STAGED_BUFFERS_PER_FILE_MAX`] are held.
     fn relieve_pressure(&mut self, keep: u64, sealer: &Sealer) {
         let buffers = self.indices(|s| matches!(s, Slot::Buffer(_)));
