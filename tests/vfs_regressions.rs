@@ -1,6 +1,6 @@
 //! vfs core regressions found by the randomized tests, reviews and benchmarks: truncates
 //! staged in an open file, two contents under one version vector, store errors in a listing,
-//! a journal that fills.
+//! a journal that fills, many files staging more than their total budget.
 
 use keibi::id::ROOT_INO;
 use keibi::limits::{CHUNK_BYTES, JOURNAL_ENTRIES_PER_FILE_MAX, STAGED_CHECK_WRITES};
