@@ -348,7 +348,12 @@ impl FileState {
             return;
         }
         let excess = self.sealing.len() - STAGED_BUFFERS_PER_FILE_MAX / 2;
-        let oldest: Vec<u64> = self.sealing.iter().take(excess).copied().collect();
+        self.wait_oldest_seals(excess);
+    }
+
+    /// Waits for the `n` oldest seal jobs of this file, then frees the finished ones.
+    fn wait_oldest_seals(&mut self, n: usize) {
+        let oldest: Vec<u64> = self.sealing.iter().take(n).copied().collect();
         for idx in oldest {
             if let Some(Slot::Sealing(job)) = self.slots.get(&idx) {
                 // The outcome is kept in the job: reap or the commit reads it.
@@ -389,13 +394,7 @@ impl FileState {
             self.seal_slot(idx, sealer, true);
             self.bound_sealing();
         }
-        for idx in self.sealing.clone() {
-            if let Some(Slot::Sealing(job)) = self.slots.get(&idx) {
-                // The outcome is kept in the job: reap or the commit reads it.
-                let _ = job.wait();
-            }
-        }
-        self.reap_sealed();
+        self.wait_oldest_seals(self.sealing.len());
         Ok(())
     }
 
