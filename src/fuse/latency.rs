@@ -142,6 +142,9 @@ impl Drop for LatencyHold {
     }
 }
 
+/// Replaces the request's value. A failure is logged, not returned: this thread has no
+/// caller, and a request that does not change costs speed or power, never data (the device
+/// was writable when the mount started, so it is not expected).
 fn set(device: &mut File, us: i32) {
     if let Err(e) = device.write_all(&us.to_ne_bytes()) {
         tracing::warn!(error = %e, "could not change the CPU-latency request");
