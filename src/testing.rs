@@ -61,10 +61,11 @@ pub fn reopen_mem(backend: &Arc<dyn Backend>) -> Result<Fixture, BoxError> {
 
 /// A backend that passes everything to `inner` but fails point reads of one key once it is
 /// told which ([`Self::fail_reads_of`]): a store error in one place, for error paths that
-/// the in-memory store cannot reach.
+/// the in-memory store cannot reach. It also counts persists ([`Self::persists`]).
 pub struct FailingBackend {
     inner: Arc<dyn Backend>,
     failing: parking_lot::Mutex<Option<(Cf, Vec<u8>)>>,
+    persists: std::sync::atomic::AtomicU64,
 }
 
 impl FailingBackend {
@@ -74,7 +75,14 @@ impl FailingBackend {
         Self {
             inner,
             failing: parking_lot::Mutex::new(None),
+            persists: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// How many times a column family was persisted (on RocksDB: a memtable flush).
+    #[must_use]
+    pub fn persists(&self) -> u64 {
+        self.persists.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// From now on, reads of `key` in `cf` fail with an I/O error.
@@ -120,6 +128,8 @@ impl Backend for FailingBackend {
         self.inner.flush()
     }
     fn persist(&self, cf: Cf) -> store::Result<()> {
+        self.persists
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.persist(cf)
     }
 }

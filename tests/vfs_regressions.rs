@@ -1,9 +1,13 @@
 //! vfs core regressions found by the randomized tests, reviews and benchmarks: truncates
 //! staged in an open file, two contents under one version vector, store errors in a listing,
-//! a journal that fills, many files staging more than their total budget.
+//! a journal that fills, many files staging more than their total budget, fsyncs of random
+//! writes that flushed the store.
 
 use keibi::id::ROOT_INO;
-use keibi::limits::{CHUNK_BYTES, JOURNAL_ENTRIES_PER_FILE_MAX, STAGED_CHECK_WRITES};
+use keibi::limits::{
+    CHUNK_BYTES, JOURNAL_ENTRIES_PER_FILE_MAX, OVERLAY_BYTES_MAX, STAGED_BUFFERS_PER_FILE_MAX,
+    STAGED_CHECK_WRITES,
+};
 use keibi::store::Cf;
 use keibi::vfs::{OpenFlags, SetAttr};
 
@@ -258,5 +262,53 @@ fn many_files_written_at_random_stay_within_the_staged_budget() -> TestResult {
             "file {ino} reads every write"
         );
     }
+    Ok(())
+}
+
+#[test]
+fn fsyncs_of_random_writes_do_not_flush_the_store() -> TestResult {
+    // A database-like file: small writes at random, an fsync every 64. Chunks whose overlay
+    // outgrows its bound become whole buffers, and past the per-file number of buffers the
+    // lowest are sealed. Those chunks have journal entries; sealed unlogged, the next fsync's
+    // record would refer to them and flush the memtables on every such fsync.
+    let fx = common::mem()?;
+    let counting = std::sync::Arc::new(common::FailingBackend::new(std::sync::Arc::clone(
+        &fx.backend,
+    )));
+    let backend: std::sync::Arc<dyn keibi::store::Backend> = counting.clone();
+    let remounted = common::reopen_mem(&backend)?;
+    let v = &remounted.vfs;
+    let chunks = 2 * STAGED_BUFFERS_PER_FILE_MAX + 8;
+    let mut model = noise(chunks * CHUNK_BYTES, 33);
+    let ino = common::put_file(v, ROOT_INO, "db", &model)?;
+    let fh = v.open(ino, OpenFlags::default())?;
+    let before = counting.persists();
+    // Enough 4 KiB writes into every chunk to pass its overlay bound, interleaved over the
+    // chunks as a random writer would.
+    let per_chunk = OVERLAY_BYTES_MAX / 4096 + 4;
+    let mut writes = 0usize;
+    for round in 0..per_chunk {
+        for c in 0..chunks {
+            let at = c * CHUNK_BYTES + ((round * 37 + c * 11) % 120) * 4096;
+            let bytes = vec![u8::try_from((round + c) % 251)?; 4096];
+            v.write(fh, at as u64, &bytes)?;
+            model[at..at + bytes.len()].copy_from_slice(&bytes);
+            writes += 1;
+            if writes % 64 == 0 {
+                v.fsync(fh)?;
+            }
+        }
+    }
+    v.fsync(fh)?;
+    let flushed = counting.persists() - before;
+    assert!(
+        flushed == 0,
+        "{writes} random writes with an fsync every 64 flushed the store {flushed} times"
+    );
+    v.release(fh)?;
+    assert!(
+        common::read_all(v, ino)? == model,
+        "the file reads every write"
+    );
     Ok(())
 }
