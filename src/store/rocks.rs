@@ -126,9 +126,14 @@ impl RocksBackend {
         db_opts.set_max_background_jobs(BACKGROUND_JOBS);
         db_opts.set_db_write_buffer_size(MEMTABLES_TOTAL_BYTES);
         db_opts.set_enable_pipelined_write(true);
-        // Flushes write blob files of chunk frames: bypassing the page cache saves a copy of
-        // every stored byte.
-        db_opts.set_use_direct_io_for_flush_and_compaction(true);
+        // Flushes write blob files of chunk frames through the page cache, so chunks written
+        // a moment ago are read from memory: bypassing it saved a copy per stored byte but
+        // sent every read of a freshly resealed chunk to the disk (fio's random job on the
+        // mount: 130 MiB/s of disk reads, and a quarter fewer IOPS).
+        db_opts.set_use_direct_io_for_flush_and_compaction(false);
+        // Reads of chunk pieces lie next to each other in a blob file: let the kernel read
+        // ahead, or a cold whole chunk takes one disk round trip per piece.
+        db_opts.set_advise_random_on_open(false);
         db_opts.set_bytes_per_sync(BYTES_PER_SYNC);
         let cache =
             rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(|e| map_err(path, &e))?;
