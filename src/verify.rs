@@ -224,9 +224,29 @@ fn check_chunks(
             });
         }
         drop(rx);
-        let mut batch = Vec::with_capacity(VERIFY_BATCH_CHUNKS);
+        let mut batch: Vec<(ChunkId, Vec<u8>)> = Vec::with_capacity(VERIFY_BATCH_CHUNKS);
+        // The chunk whose parts may follow its head in key order, and whether it is checked:
+        // a frame stored in parts is put back together before it is decoded.
+        let mut current: Option<(ChunkId, bool)> = None;
         let r = backend.scan(Cf::Chunks, &[], None, &mut |k, v| {
+            if k.len() == keys::CHUNK_PIECE_KEY_BYTES {
+                match current {
+                    Some((id, checked)) if k[..32] == id.0 => {
+                        if let Some((_, frame)) = batch.last_mut().filter(|_| checked) {
+                            frame.extend_from_slice(v);
+                        }
+                    }
+                    _ => c.add(
+                        "orphan-chunk-piece",
+                        data_encoding::HEXLOWER.encode(k),
+                        "a piece of a chunk whose head is not stored".into(),
+                        ADVICE_INDEX,
+                    ),
+                }
+                return ControlFlow::Continue(());
+            }
             let Ok(id) = keys::chunk_id(k) else {
+                current = None;
                 c.add(
                     "bad-chunk-key",
                     data_encoding::HEXLOWER.encode(k),
@@ -235,19 +255,21 @@ fn check_chunks(
                 );
                 return ControlFlow::Continue(());
             };
+            if batch.len() >= VERIFY_BATCH_CHUNKS {
+                match tx.try_send(std::mem::take(&mut batch)) {
+                    Ok(()) => {}
+                    Err(
+                        crossbeam_channel::TrySendError::Full(b)
+                        | crossbeam_channel::TrySendError::Disconnected(b),
+                    ) => check(b),
+                }
+            }
             stored.insert(id);
             bar.inc(1);
-            if sampled(k, opts.sample_percent) {
+            let checked = sampled(k, opts.sample_percent);
+            current = Some((id, checked));
+            if checked {
                 batch.push((id, v.to_vec()));
-                if batch.len() >= VERIFY_BATCH_CHUNKS {
-                    match tx.try_send(std::mem::take(&mut batch)) {
-                        Ok(()) => {}
-                        Err(
-                            crossbeam_channel::TrySendError::Full(b)
-                            | crossbeam_channel::TrySendError::Disconnected(b),
-                        ) => check(b),
-                    }
-                }
             }
             ControlFlow::Continue(())
         });

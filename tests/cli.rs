@@ -227,26 +227,32 @@ fn unknown_schema_and_locked_store_are_refused_clearly() {
 }
 
 #[test]
-fn a_schema_version_1_store_is_upgraded_on_open() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let home = dir.path();
-    keibi(home).arg("init").assert().success();
-    let set = |v: u32| {
+fn stores_of_earlier_schema_versions_are_upgraded_on_open() {
+    for earlier in [1u32, 2] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let home = dir.path();
+        init_with_data(home);
+        let set = |v: u32| {
+            let db = RocksBackend::open(&home.join("store"), false).expect("open");
+            let mut b = Batch::new();
+            b.put(
+                Cf::Meta,
+                b"schema_version".to_vec(),
+                v.to_le_bytes().to_vec(),
+            );
+            db.write(b, Durability::Synced).expect("write");
+        };
+        set(earlier);
+        keibi(home).arg("verify").assert().code(0);
         let db = RocksBackend::open(&home.join("store"), false).expect("open");
-        let mut b = Batch::new();
-        b.put(
-            Cf::Meta,
-            b"schema_version".to_vec(),
-            v.to_le_bytes().to_vec(),
+        let found = db
+            .get(Cf::Meta, b"schema_version")
+            .expect("get")
+            .expect("schema version");
+        assert_eq!(
+            found,
+            keibi::store::SCHEMA_VERSION.to_le_bytes(),
+            "version {earlier} is rewritten to the current one"
         );
-        db.write(b, Durability::Synced).expect("write");
-    };
-    set(1);
-    keibi(home).arg("verify").assert().code(0);
-    let db = RocksBackend::open(&home.join("store"), false).expect("open");
-    let found = db
-        .get(Cf::Meta, b"schema_version")
-        .expect("get")
-        .expect("schema version");
-    assert_eq!(found, 2u32.to_le_bytes(), "the version is rewritten to 2");
+    }
 }

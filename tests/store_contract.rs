@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use keibi::chunk::{self, ChunkStore, Cipher};
 use keibi::id::ChunkId;
+use keibi::limits::{CHUNK_BYTES, PIECE_BYTES};
 use keibi::store::mem::MemBackend;
 use keibi::store::rocks::RocksBackend;
-use keibi::store::{Backend, Batch, Cf, Durability};
+use keibi::store::{Backend, Batch, Cf, Durability, keys};
 
 fn scan_all(b: &dyn Backend, cf: Cf, from: &[u8], to: Option<&[u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
@@ -122,10 +123,97 @@ fn chunk_contract(backend: Arc<dyn Backend>) {
     assert!(matches!(wrong.get(&id), Err(chunk::Error::Corrupt { .. })));
 }
 
+/// A chunk of several pieces is stored in parts (a head under its id, a key per piece):
+/// small reads fetch one piece, a frame stored whole (as version 2 stores wrote it) still
+/// reads, a damaged or missing part is reported as damage, and gc removes every part.
+fn parts_contract(backend: &Arc<dyn Backend>, key: Option<[u8; 32]>) {
+    let cipher = || key.map(|k| Cipher::new(&k).expect("cipher"));
+    let data = keibi::testing::noise(CHUNK_BYTES, 21);
+    let store = ChunkStore::new(Arc::clone(backend), cipher());
+    let id = store.put(&data).expect("put");
+    let parts = scan_all(
+        backend.as_ref(),
+        Cf::Chunks,
+        &id.0,
+        Some(&keys::chunk_pieces_end(&id)),
+    );
+    let pieces = CHUNK_BYTES / PIECE_BYTES;
+    assert_eq!(parts.len(), 1 + pieces, "a head and one key per piece");
+    assert!(parts[0].1.len() < 1024, "the head holds no payload");
+    let fresh = || ChunkStore::new(Arc::clone(backend), cipher());
+    let range = |s: &ChunkStore, start: usize, end: usize| {
+        let mut out = Vec::new();
+        s.read_range(&id, start, end, &mut out).map(|()| out)
+    };
+    let at = 3 * PIECE_BYTES - 100;
+    assert_eq!(
+        range(&fresh(), at, at + 300).expect("range"),
+        data[at..at + 300]
+    );
+    assert_eq!(*fresh().get(&id).expect("get"), data);
+    // The same frame stored whole reads the same.
+    let whole: Vec<u8> = parts.iter().flat_map(|(_, v)| v.clone()).collect();
+    let mut batch = Batch::new();
+    for (k, _) in &parts[1..] {
+        batch.delete(Cf::Chunks, k.clone());
+    }
+    batch.put(Cf::Chunks, id.0.to_vec(), whole);
+    backend.write(batch, Durability::Buffered).expect("write");
+    assert_eq!(
+        range(&fresh(), at, at + 300).expect("range"),
+        data[at..at + 300]
+    );
+    assert_eq!(*fresh().get(&id).expect("get"), data);
+    // Parts again, then one piece lost: that piece's bytes and the whole chunk are damage,
+    // the other pieces still read.
+    let mut batch = Batch::new();
+    for (k, v) in &parts {
+        batch.put(Cf::Chunks, k.clone(), v.clone());
+    }
+    batch.delete(Cf::Chunks, parts[3].0.clone());
+    backend.write(batch, Durability::Buffered).expect("write");
+    assert_eq!(range(&fresh(), 0, 10).expect("range"), data[..10]);
+    let lost = 2 * PIECE_BYTES + 5;
+    assert!(matches!(
+        range(&fresh(), lost, lost + 10),
+        Err(chunk::Error::Corrupt { .. })
+    ));
+    assert!(matches!(
+        fresh().get(&id),
+        Err(chunk::Error::Corrupt { .. })
+    ));
+    // A piece that does not belong: damage too.
+    let mut batch = Batch::new();
+    batch.put(Cf::Chunks, parts[3].0.clone(), parts[4].1.clone());
+    backend.write(batch, Durability::Buffered).expect("write");
+    assert!(matches!(
+        range(&fresh(), lost, lost + 10),
+        Err(chunk::Error::Corrupt { .. })
+    ));
+    // gc removes the head and every part.
+    let gc = fresh();
+    assert!(gc.gc_begin());
+    assert_eq!(gc.gc_delete(&[id]).expect("gc"), vec![id]);
+    gc.gc_end();
+    assert!(
+        scan_all(
+            backend.as_ref(),
+            Cf::Chunks,
+            &id.0,
+            Some(&keys::chunk_pieces_end(&id))
+        )
+        .is_empty()
+    );
+}
+
 #[test]
 fn memory_backend_meets_the_contract() {
     kv_contract(&MemBackend::new());
     chunk_contract(Arc::new(MemBackend::new()));
+    let mem: Arc<dyn Backend> = Arc::new(MemBackend::new());
+    parts_contract(&mem, None);
+    let mem: Arc<dyn Backend> = Arc::new(MemBackend::new());
+    parts_contract(&mem, Some([5u8; 32]));
 }
 
 #[test]
@@ -135,6 +223,9 @@ fn rocksdb_backend_meets_the_contract() {
     chunk_contract(Arc::new(
         RocksBackend::open(&dir.path().join("b"), true).expect("open"),
     ));
+    let rocks: Arc<dyn Backend> =
+        Arc::new(RocksBackend::open(&dir.path().join("c"), true).expect("open"));
+    parts_contract(&rocks, Some([5u8; 32]));
 }
 
 #[test]
@@ -146,4 +237,42 @@ fn rocksdb_refuses_a_second_open() {
         Err(e) => panic!("expected Locked, got {e}"),
         Ok(_) => panic!("second open succeeded"),
     }
+}
+
+#[test]
+fn verify_checks_frames_stored_in_parts() {
+    let fx = keibi::testing::mem().expect("fixture");
+    let data = keibi::testing::noise(2 * CHUNK_BYTES, 4);
+    keibi::testing::put_file(&fx.vfs, keibi::id::ROOT_INO, "f", &data).expect("file");
+    let run = || {
+        keibi::verify::run(
+            fx.backend.as_ref(),
+            fx.chunks.cipher(),
+            keibi::verify::Options {
+                sample_percent: 100,
+                progress: false,
+            },
+        )
+    };
+    let clean = run();
+    assert_eq!(clean.findings_total, 0, "{:?}", clean.findings);
+    assert!(clean.chunk_bytes_checked >= data.len() as u64);
+    let piece = scan_all(fx.backend.as_ref(), Cf::Chunks, &[], None)
+        .into_iter()
+        .find(|(k, _)| k.len() == keys::CHUNK_PIECE_KEY_BYTES)
+        .expect("a chunk stored in parts");
+    let mut batch = Batch::new();
+    let mut bad = piece.1.clone();
+    bad[100] ^= 1;
+    batch.put(Cf::Chunks, piece.0.clone(), bad);
+    let mut stray = vec![0xeeu8; 32];
+    stray.push(0);
+    batch.put(Cf::Chunks, stray, piece.1.clone());
+    fx.backend
+        .write(batch, Durability::Buffered)
+        .expect("write");
+    let report = run();
+    let kinds: Vec<&str> = report.findings.iter().map(|f| f.kind).collect();
+    assert!(kinds.contains(&"corrupt-chunk"), "{kinds:?}");
+    assert!(kinds.contains(&"orphan-chunk-piece"), "{kinds:?}");
 }

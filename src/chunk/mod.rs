@@ -25,8 +25,8 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::id::ChunkId;
 use crate::limits::{
-    CHUNK_BYTES, CHUNK_BYTES_U64, CHUNK_CACHE_ENTRIES_MAX, GC_PROTECTED_CHUNKS_MAX,
-    UNLOGGED_CHUNKS_MAX,
+    CHUNK_BYTES, CHUNK_BYTES_U64, CHUNK_CACHE_ENTRIES_MAX, GC_PROTECTED_CHUNKS_MAX, PIECE_BYTES,
+    PIECES_PER_CHUNK_MAX, UNLOGGED_CHUNKS_MAX,
 };
 use crate::store::{self, Backend, Batch, Cf, Durability, keys};
 
@@ -331,7 +331,7 @@ impl ChunkStore {
             let stored =
                 u32::try_from(frame.len()).map_err(|_| Error::Codec("frame too large".into()))?;
             let mut batch = Batch::new();
-            batch.put(Cf::Chunks, id.0.to_vec(), frame);
+            put_frame(&mut batch, &id, frame);
             batch.put(
                 Cf::ChunkIndex,
                 id.0.to_vec(),
@@ -385,10 +385,16 @@ impl ChunkStore {
         if let Some(hit) = self.cache.lock().get(id) {
             return Ok(Arc::clone(hit));
         }
-        let mut decoded = None;
-        self.backend.read_with(Cf::Chunks, &id.0, &mut |frame| {
-            decoded = frame.map(|f| frame::decode(id, f, self.cipher.as_ref()));
-        })?;
+        let (mut decoded, mut head) = (None, None);
+        self.backend
+            .read_with(Cf::Chunks, &id.0, &mut |frame| match frame {
+                Some(f) if frame::is_head(f) => head = Some(f.to_vec()),
+                Some(f) => decoded = Some(frame::decode(id, f, self.cipher.as_ref())),
+                None => {}
+            })?;
+        if let Some(head) = head {
+            decoded = Some(self.decode_parts(id, &head, 0, CHUNK_BYTES));
+        }
         let data = Arc::new(decoded.ok_or(Error::Missing(*id))??);
         self.cache.lock().put(*id, Arc::clone(&data));
         Ok(data)
@@ -421,10 +427,18 @@ impl ChunkStore {
             out.extend_from_slice(data.get(start.min(end)..end).unwrap_or(&[]));
             return Ok(());
         }
-        let mut part = None;
-        self.backend.read_with(Cf::Chunks, &id.0, &mut |frame| {
-            part = frame.map(|f| frame::decode_range(id, f, self.cipher.as_ref(), start, end));
-        })?;
+        let (mut part, mut head) = (None, None);
+        self.backend
+            .read_with(Cf::Chunks, &id.0, &mut |frame| match frame {
+                Some(f) if frame::is_head(f) => head = Some(f.to_vec()),
+                Some(f) => {
+                    part = Some(frame::decode_range(id, f, self.cipher.as_ref(), start, end));
+                }
+                None => {}
+            })?;
+        if let Some(head) = head {
+            part = Some(self.decode_parts(id, &head, start, end));
+        }
         if let Some(part) = part {
             out.extend_from_slice(&part?);
             self.read_in_part.lock().put(*id, ());
@@ -434,6 +448,33 @@ impl ChunkStore {
             out.extend_from_slice(data.get(start.min(end)..end).unwrap_or(&[]));
         }
         Ok(())
+    }
+
+    /// Bytes `[start, end)` of chunk `id`, whose frame is stored in parts under `head`: the
+    /// payloads of the pieces that hold them are looked up together, and only those.
+    fn decode_parts(
+        &self,
+        id: &ChunkId,
+        head: &[u8],
+        start: usize,
+        end: usize,
+    ) -> Result<Vec<u8>, Error> {
+        let n = frame::head_pieces(head).max(1);
+        let first = (start / PIECE_BYTES).min(n - 1);
+        let last = (end.saturating_sub(1) / PIECE_BYTES).clamp(first, n - 1);
+        let keys: Vec<_> = (first..=last)
+            .map(|i| keys::chunk_piece(id, u8::try_from(i).unwrap_or(u8::MAX)))
+            .collect();
+        let refs: Vec<&[u8]> = keys.iter().map(<[u8; 33]>::as_slice).collect();
+        let mut payloads: Vec<Option<Vec<u8>>> = vec![None; refs.len()];
+        self.backend.read_many(Cf::Chunks, &refs, &mut |i, v| {
+            payloads[i] = v.map(<[u8]>::to_vec);
+        })?;
+        frame::decode_range_parts(id, head, self.cipher.as_ref(), start, end, &mut |i| {
+            Ok(i.checked_sub(first)
+                .and_then(|j| payloads.get_mut(j))
+                .and_then(Option::take))
+        })
     }
 
     /// True when `id` is in the decoded-chunk cache.
@@ -481,6 +522,11 @@ impl ChunkStore {
         let mut batch = Batch::new();
         for id in &doomed {
             batch.delete(Cf::Chunks, id.0.to_vec());
+            // The parts of a frame stored in parts (absent keys cost a tombstone each).
+            for piece in 0..PIECES_PER_CHUNK_MAX {
+                let piece = u8::try_from(piece).unwrap_or(u8::MAX);
+                batch.delete(Cf::Chunks, keys::chunk_piece(id, piece).to_vec());
+            }
             batch.delete(Cf::ChunkIndex, id.0.to_vec());
         }
         self.backend.write(batch, Durability::Buffered)?;
@@ -503,6 +549,27 @@ impl ChunkStore {
         }
         Ok(id)
     }
+}
+
+/// Adds the stored form of `id`'s `frame` to `batch`: whole, or in parts when it has several
+/// pieces ([`frame::parts`]).
+fn put_frame(batch: &mut Batch, id: &ChunkId, mut frame: Vec<u8>) {
+    let Some((head_len, lens)) = frame::parts(&frame) else {
+        batch.put(Cf::Chunks, id.0.to_vec(), frame);
+        return;
+    };
+    let mut at = head_len;
+    for (i, len) in lens.into_iter().enumerate() {
+        let piece = u8::try_from(i).unwrap_or(u8::MAX);
+        batch.put(
+            Cf::Chunks,
+            keys::chunk_piece(id, piece).to_vec(),
+            frame[at..at + len].to_vec(),
+        );
+        at += len;
+    }
+    frame.truncate(head_len);
+    batch.put(Cf::Chunks, id.0.to_vec(), frame);
 }
 
 #[cfg(test)]

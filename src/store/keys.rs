@@ -138,6 +138,25 @@ pub fn chunk_id(bytes: &[u8]) -> Result<ChunkId> {
         .ok_or_else(|| Error::Malformed(format!("expected 32-byte chunk id, got {}", bytes.len())))
 }
 
+/// Length of [`chunk_piece`] keys.
+pub const CHUNK_PIECE_KEY_BYTES: usize = 33;
+
+/// Key of payload `piece` of a chunk whose frame is stored in parts: the chunk id and the
+/// piece index, so a chunk's parts sort right after its head.
+#[must_use]
+pub fn chunk_piece(id: &ChunkId, piece: u8) -> [u8; CHUNK_PIECE_KEY_BYTES] {
+    let mut k = [0u8; CHUNK_PIECE_KEY_BYTES];
+    k[..32].copy_from_slice(&id.0);
+    k[32] = piece;
+    k
+}
+
+/// Upper bound (exclusive) of the keys of a chunk's parts.
+#[must_use]
+pub fn chunk_pieces_end(id: &ChunkId) -> [u8; CHUNK_PIECE_KEY_BYTES] {
+    chunk_piece(id, u8::MAX)
+}
+
 /// Value of a chunk-index entry: plaintext length and stored frame length, u32 LE each.
 #[must_use]
 pub fn chunk_info(plain_len: u32, stored_len: u32) -> [u8; 8] {

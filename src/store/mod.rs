@@ -14,14 +14,15 @@ pub mod tables;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
-/// Version of the on-disk format described in `schema/`. A store of
-/// [`SCHEMA_VERSION_UPGRADED`] is upgraded on open; one of any other version is refused.
-pub const SCHEMA_VERSION: u32 = 2;
-/// The earlier version this build opens and upgrades: version 2 added frames of pieces
-/// (frame version 2) and still reads version 1's frames, so the upgrade only rewrites the
-/// version, and a build that reads version 1 only then refuses the store instead of taking
+/// Version of the on-disk format described in `schema/`. A store of one of
+/// [`SCHEMA_VERSIONS_UPGRADED`] is upgraded on open; one of any other version is refused.
+pub const SCHEMA_VERSION: u32 = 3;
+/// The earlier versions this build opens and upgrades. Version 2 added frames of pieces
+/// (frame version 2); version 3 stores a frame of several pieces in parts, one key per piece.
+/// Each still reads the frames of the versions before it, so the upgrade only rewrites the
+/// version, and a build made for an older version then refuses the store instead of taking
 /// the new frames for damage.
-pub const SCHEMA_VERSION_UPGRADED: u32 = 1;
+pub const SCHEMA_VERSIONS_UPGRADED: [u32; 2] = [1, 2];
 
 /// The column families of a keibi store; `schema/` documents each key and value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -152,7 +153,7 @@ pub enum Error {
     /// The store's schema version is one this build cannot read.
     #[error(
         "the store at {path} has schema version {found}; this keibi reads version {supported} \
-         (and upgrades {SCHEMA_VERSION_UPGRADED}): use a keibi release made for that version"
+         (and upgrades {SCHEMA_VERSIONS_UPGRADED:?}): use a keibi release made for that version"
     )]
     SchemaUnknown {
         /// The store directory.
@@ -194,6 +195,23 @@ pub trait Backend: Send + Sync {
     /// Database errors, damaged data.
     fn read_with(&self, cf: Cf, key: &[u8], read: &mut dyn FnMut(Option<&[u8]>)) -> Result<()> {
         read(self.get(cf, key)?.as_deref());
+        Ok(())
+    }
+
+    /// Calls `read` with the index in `keys` and the value (`None` if absent) of every key
+    /// of `keys`, in order, looked up together where the backend can batch them.
+    ///
+    /// # Errors
+    /// Database errors, damaged data.
+    fn read_many(
+        &self,
+        cf: Cf,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, Option<&[u8]>),
+    ) -> Result<()> {
+        for (i, key) in keys.iter().enumerate() {
+            self.read_with(cf, key, &mut |v| read(i, v))?;
+        }
         Ok(())
     }
 

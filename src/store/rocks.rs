@@ -180,6 +180,24 @@ impl Backend for RocksBackend {
         Ok(())
     }
 
+    fn read_many(
+        &self,
+        cf: Cf,
+        keys: &[&[u8]],
+        read: &mut dyn FnMut(usize, Option<&[u8]>),
+    ) -> Result<()> {
+        let mut opts = ReadOptions::default();
+        opts.set_verify_checksums(verify_checksums(cf));
+        let values = self
+            .db
+            .batched_multi_get_cf_opt(self.handle(cf)?, keys, false, &opts);
+        for (i, value) in values.into_iter().enumerate() {
+            let value = value.map_err(|e| self.err(&e))?;
+            read(i, value.as_deref());
+        }
+        Ok(())
+    }
+
     fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visit<'_>) -> Result<()> {
         let mut opts = ReadOptions::default();
         opts.set_verify_checksums(verify_checksums(cf));

@@ -11,7 +11,7 @@ use crate::id::{FileId, Ino, ROOT_INO};
 use crate::tree::{FileRecord, Kind, Timestamp, VersionVector};
 
 use super::{
-    Backend, Batch, Cf, Durability, Error, Result, SCHEMA_VERSION, SCHEMA_VERSION_UPGRADED, keys,
+    Backend, Batch, Cf, Durability, Error, Result, SCHEMA_VERSION, SCHEMA_VERSIONS_UPGRADED, keys,
     scan_prefix,
 };
 
@@ -49,7 +49,7 @@ impl Tables {
         let found = <[u8; 4]>::try_from(schema.as_slice())
             .map(u32::from_le_bytes)
             .map_err(|_| Error::Malformed("schema version".into()))?;
-        if found == SCHEMA_VERSION_UPGRADED {
+        if SCHEMA_VERSIONS_UPGRADED.contains(&found) {
             let mut b = Batch::new();
             b.put(
                 Cf::Meta,
