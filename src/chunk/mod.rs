@@ -117,9 +117,12 @@ pub struct ChunkStore {
     cipher: Option<Cipher>,
     /// Decoded chunks recently read or written, bounded by [`CHUNK_CACHE_ENTRIES_MAX`].
     cache: Mutex<LruCache<ChunkId, Arc<Vec<u8>>>>,
-    /// Chunks recently read in part ([`Self::read_range`]), bounded like the cache: a chunk
-    /// read in part a second time is decoded whole and cached.
-    read_in_part: Mutex<LruCache<ChunkId, ()>>,
+    /// Pieces recently read in part ([`Self::read_range`]), by chunk and piece index,
+    /// bounded like the cache: a chunk whose piece is read a second time is decoded whole and
+    /// cached. Keyed by piece, not chunk, so reads spread at random over a large file (each
+    /// chunk touched now and then, in different places) do not decode whole chunks for one
+    /// small read each.
+    read_in_part: Mutex<LruCache<(ChunkId, usize), ()>>,
     /// gc coordination; writers hold it only to insert into the protected set.
     gc: Mutex<GcGuard>,
     /// Chunks written without the write-ahead log ([`Durability::Unlogged`]) and not yet
@@ -402,8 +405,9 @@ impl ChunkStore {
 
     /// Appends bytes `[start, end)` of chunk `id` (fewer when the chunk is shorter) to
     /// `out`, checked against its hash: from the cache when it holds the chunk; else only
-    /// the pieces that hold them are decoded, and nothing is cached, unless the chunk was
-    /// read in part a moment ago (a reader that comes back to a chunk gets it cached).
+    /// the pieces that hold them are decoded, and nothing is cached, unless the piece at
+    /// `start` was read in part a moment ago (a reader that comes back to a region gets its
+    /// chunk cached).
     /// A chunk the store lacks is fetched whole, as by [`Self::get`].
     ///
     /// # Errors
@@ -416,7 +420,8 @@ impl ChunkStore {
         out: &mut Vec<u8>,
     ) -> Result<(), Error> {
         let cached = self.cache.lock().get(id).cloned();
-        let again = cached.is_none() && self.read_in_part.lock().pop(id).is_some();
+        let piece = (*id, start / PIECE_BYTES);
+        let again = cached.is_none() && self.read_in_part.lock().pop(&piece).is_some();
         let whole = match cached {
             Some(data) => Some(data),
             None if again => Some(self.get(id)?),
@@ -441,7 +446,7 @@ impl ChunkStore {
         }
         if let Some(part) = part {
             out.extend_from_slice(&part?);
-            self.read_in_part.lock().put(*id, ());
+            self.read_in_part.lock().put(piece, ());
         } else {
             let data = self.get(id)?;
             let end = end.min(data.len());
@@ -575,7 +580,37 @@ fn put_frame(batch: &mut Batch, id: &ChunkId, mut frame: Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::mem::MemBackend;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_piece_read_twice_caches_its_chunk_and_reads_spread_over_pieces_do_not() {
+        let store = ChunkStore::new(Arc::new(MemBackend::new()), None);
+        let data = crate::testing::noise(CHUNK_BYTES, 5);
+        let id = store.put(&data).expect("put");
+        store.cache.lock().clear();
+        let read = |start: usize| {
+            let mut out = Vec::new();
+            store
+                .read_range(&id, start, start + 4096, &mut out)
+                .expect("read");
+            assert_eq!(out, data[start..start + 4096]);
+        };
+        // Small reads in different pieces, as a random reader of a large file makes them.
+        for piece in 0..PIECES_PER_CHUNK_MAX {
+            read(piece * PIECE_BYTES + 8192);
+        }
+        assert!(
+            !store.is_cached(&id),
+            "one read in each piece decodes no whole chunk"
+        );
+        // A reader that comes back to a region gets the chunk cached.
+        read(3 * PIECE_BYTES);
+        assert!(
+            store.is_cached(&id),
+            "a second read of one piece caches the chunk"
+        );
+    }
 
     proptest! {
         #[test]
