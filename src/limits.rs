@@ -80,9 +80,10 @@ pub const JOURNAL_FSYNC_BYTES_MAX: usize = 4 * 1024 * 1024;
 pub const JOURNAL_CHUNK_DIRTY_BYTES_MAX: usize = CHUNK_BYTES / 8;
 /// Dirty ranges tracked per buffer; past this the buffer is sealed at the next fsync.
 pub const JOURNAL_RANGES_PER_BUFFER_MAX: usize = 64;
-/// Journal entries one file may have before the next fsync folds them into chunks (a fold
-/// reseals every chunk with entries): twice the 4 KiB writes [`OVERLAY_BYTES_PER_FILE_MAX`]
-/// holds, so a file's overlays, not its journal, decide when random writes are folded.
+/// Journal entries one file may have on disk before the next fsync folds them into chunks
+/// (a fold reseals every chunk with entries): twice the 4 KiB writes
+/// [`OVERLAY_BYTES_PER_FILE_MAX`] holds, so a file's overlays, not its journal, decide when
+/// random writes are folded. Entries of a chunk sealed since no longer count.
 pub const JOURNAL_ENTRIES_PER_FILE_MAX: u64 = 16384;
 
 /// Chunks deleted in one gc batch.

@@ -306,7 +306,7 @@ impl Vfs {
     /// Adds journal entries for small dirty ranges to `batch`; returns the indices covered.
     fn journal_small_ranges(st: &FileState, batch: &mut Batch) -> Vec<(u64, u64)> {
         let mut covered = Vec::new();
-        if st.size != st.committed_size || st.journal_entries >= JOURNAL_ENTRIES_PER_FILE_MAX {
+        if st.size != st.committed_size || st.journal_live() >= JOURNAL_ENTRIES_PER_FILE_MAX {
             return covered;
         }
         let (mut bytes, mut entry) = (0usize, st.journal_entries);
@@ -366,7 +366,7 @@ impl Vfs {
     ) -> Result<()> {
         // A full journal is folded: every chunk with entries is sealed, the entries go, and
         // later fsyncs journal again instead of sealing every chunk they touch.
-        let fold = mode == CommitMode::Sync && st.journal_entries >= JOURNAL_ENTRIES_PER_FILE_MAX;
+        let fold = mode == CommitMode::Sync && st.journal_live() >= JOURNAL_ENTRIES_PER_FILE_MAX;
         // Seal what is not journaled now; drop buffers equal to the committed chunk.
         let idxs: Vec<u64> = st.slots.keys().copied().collect();
         for idx in idxs {
@@ -375,11 +375,11 @@ impl Vfs {
                 Some(Slot::Overlay(o)) => o.dirty.is_empty(),
                 Some(Slot::Sealing(_) | Slot::Sealed(_)) | None => false,
             };
-            let folded = fold && st.journaled.contains(&idx);
+            let folded = fold && st.journaled.contains_key(&idx);
             if keep.contains(&idx) || (clean_buffer && mode == CommitMode::Sync && !folded) {
                 continue;
             }
-            if clean_buffer && !st.journaled.contains(&idx) {
+            if clean_buffer && !st.journaled.contains_key(&idx) {
                 st.slots.remove(&idx);
                 continue;
             }
@@ -440,14 +440,14 @@ impl Vfs {
                     rec.mtime = t;
                     rec.ctime = t;
                 }
-                for idx in sealed.iter().filter(|i| st.journaled.contains(i)) {
+                for idx in sealed.iter().filter(|i| st.journaled.contains_key(i)) {
                     Tables::delete_journal(&mut batch, st.id, *idx, *idx + 1);
                 }
                 // Entries of chunks past the end, or cut off by a truncate since the last
                 // commit (journal entries only ever patch a chunk of the base).
                 for idx in st
                     .journaled
-                    .iter()
+                    .keys()
                     .filter(|i| **i >= chunk_count(st.size) || **i >= cut)
                 {
                     Tables::delete_journal(&mut batch, st.id, *idx, *idx + 1);
@@ -464,7 +464,7 @@ impl Vfs {
                 st.journaled.remove(idx);
             }
             let count = chunk_count(st.size);
-            st.journaled.retain(|i| *i < count && *i < cut);
+            st.journaled.retain(|i, _| *i < count && *i < cut);
         } else if !jbatch.is_empty() {
             self.tables.backend().write(jbatch, durability)?;
         } else if mode == CommitMode::Sync {
@@ -476,7 +476,7 @@ impl Vfs {
                 Some(Slot::Overlay(o)) => o.dirty.clear(),
                 Some(Slot::Sealing(_) | Slot::Sealed(_)) | None => {}
             }
-            st.journaled.insert(idx);
+            *st.journaled.entry(idx).or_default() += n;
             st.journal_entries += n;
         }
         if st.journaled.is_empty() {

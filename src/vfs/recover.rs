@@ -59,7 +59,7 @@ impl Vfs {
         };
         let mut st = FileState::from_record(&record);
         for (idx, off, bytes) in entries {
-            st.journaled.insert(idx);
+            *st.journaled.entry(idx).or_default() += 1;
             if idx >= st.base.len() as u64 {
                 continue;
             }

@@ -5,7 +5,7 @@
 //! Invariant: a buffer's length is always `chunk_len(size, index)`; a size change fixes up
 //! the chunk that was or becomes the last one.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::chunk::{ChunkStore, chunk_count, chunk_len};
@@ -69,9 +69,10 @@ pub(crate) struct FileState {
     pub slots: BTreeMap<u64, Slot>,
     /// Time of the last uncommitted content change.
     pub mtime: Option<Timestamp>,
-    /// Chunk indices that have journal entries on disk.
-    pub journaled: BTreeSet<u64>,
-    /// Journal entries written for this file since it was opened.
+    /// Chunk indices that have journal entries on disk, with how many each.
+    pub journaled: BTreeMap<u64, u64>,
+    /// Journal entries written for this file since its journal was last empty: the next
+    /// entry's number (entries of a chunk apply in number order).
     pub journal_entries: u64,
     /// Open handles.
     pub handles: u32,
@@ -99,7 +100,7 @@ impl FileState {
             size: r.size,
             slots: BTreeMap::new(),
             mtime: None,
-            journaled: BTreeSet::new(),
+            journaled: BTreeMap::new(),
             journal_entries: 0,
             handles: 0,
             last_read_end: u64::MAX,
@@ -412,7 +413,7 @@ impl FileState {
         }
         let excess = buffers.len() - STAGED_BUFFERS_PER_FILE_MAX / 2;
         for idx in buffers.into_iter().filter(|i| *i != keep).take(excess) {
-            let logged = self.journaled.contains(&idx);
+            let logged = self.journaled.contains_key(&idx);
             self.seal_slot(idx, sealer, !logged);
         }
     }
@@ -519,6 +520,11 @@ impl FileState {
     }
 
     /// True when there is nothing to commit.
+    /// Journal entries of this file on disk: those of chunks not sealed since.
+    pub fn journal_live(&self) -> u64 {
+        self.journaled.values().sum()
+    }
+
     pub fn is_clean(&self) -> bool {
         self.slots.is_empty()
             && self.size == self.committed_size
