@@ -421,7 +421,13 @@ impl ChunkStore {
     ) -> Result<(), Error> {
         let cached = self.cache.lock().get(id).cloned();
         let piece = (*id, start / PIECE_BYTES);
-        let again = cached.is_none() && self.read_in_part.lock().pop(&piece).is_some();
+        // A frame of one piece (compressed, or version 1) decodes whole for any range: it is
+        // remembered as one region, so any second read of it caches it.
+        let one_piece = (*id, ONE_PIECE);
+        let again = cached.is_none() && {
+            let mut seen = self.read_in_part.lock();
+            seen.pop(&piece).is_some() || seen.pop(&one_piece).is_some()
+        };
         let whole = match cached {
             Some(data) => Some(data),
             None if again => Some(self.get(id)?),
@@ -432,11 +438,12 @@ impl ChunkStore {
             out.extend_from_slice(data.get(start.min(end)..end).unwrap_or(&[]));
             return Ok(());
         }
-        let (mut part, mut head) = (None, None);
+        let (mut part, mut head, mut whole_frame) = (None, None, false);
         self.backend
             .read_with(Cf::Chunks, &id.0, &mut |frame| match frame {
                 Some(f) if frame::is_head(f) => head = Some(f.to_vec()),
                 Some(f) => {
+                    whole_frame = frame::head_pieces(f) <= 1;
                     part = Some(frame::decode_range(id, f, self.cipher.as_ref(), start, end));
                 }
                 None => {}
@@ -446,7 +453,8 @@ impl ChunkStore {
         }
         if let Some(part) = part {
             out.extend_from_slice(&part?);
-            self.read_in_part.lock().put(piece, ());
+            let region = if whole_frame { one_piece } else { piece };
+            self.read_in_part.lock().put(region, ());
         } else {
             let data = self.get(id)?;
             let end = end.min(data.len());
@@ -556,6 +564,9 @@ impl ChunkStore {
     }
 }
 
+/// The region [`ChunkStore::read_range`] remembers for a frame of one piece.
+const ONE_PIECE: usize = usize::MAX;
+
 /// Adds the stored form of `id`'s `frame` to `batch`: whole, or in parts when it has several
 /// pieces ([`frame::parts`]).
 fn put_frame(batch: &mut Batch, id: &ChunkId, mut frame: Vec<u8>) {
@@ -609,6 +620,27 @@ mod tests {
         assert!(
             store.is_cached(&id),
             "a second read of one piece caches the chunk"
+        );
+        // A compressible chunk is one piece: any range decodes all of it, so a second read
+        // anywhere caches it.
+        let text: Vec<u8> = b"keibi "
+            .iter()
+            .copied()
+            .cycle()
+            .take(CHUNK_BYTES)
+            .collect();
+        let id = store.put(&text).expect("put");
+        store.cache.lock().clear();
+        for start in [8192, 5 * PIECE_BYTES] {
+            let mut out = Vec::new();
+            store
+                .read_range(&id, start, start + 4096, &mut out)
+                .expect("read");
+            assert_eq!(out, text[start..start + 4096]);
+        }
+        assert!(
+            store.is_cached(&id),
+            "a one-piece chunk read twice is cached"
         );
     }
 

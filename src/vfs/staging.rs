@@ -519,12 +519,12 @@ impl FileState {
             .sum()
     }
 
-    /// True when there is nothing to commit.
     /// Journal entries of this file on disk: those of chunks not sealed since.
     pub fn journal_live(&self) -> u64 {
         self.journaled.values().sum()
     }
 
+    /// True when there is nothing to commit.
     pub fn is_clean(&self) -> bool {
         self.slots.is_empty()
             && self.size == self.committed_size
