@@ -31,6 +31,21 @@ pub struct Fixture {
     pub chunks: Arc<ChunkStore>,
 }
 
+impl Fixture {
+    /// `verify` over the whole store, every chunk decoded and checked.
+    #[must_use]
+    pub fn verify_all(&self) -> crate::verify::Report {
+        crate::verify::run(
+            self.backend.as_ref(),
+            self.chunks.cipher(),
+            crate::verify::Options {
+                sample_percent: 100,
+                progress: false,
+            },
+        )
+    }
+}
+
 /// A vfs over a fresh in-memory store, encrypting with a fixed key.
 ///
 /// # Errors

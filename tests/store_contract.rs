@@ -244,16 +244,7 @@ fn verify_checks_frames_stored_in_parts() {
     let fx = keibi::testing::mem().expect("fixture");
     let data = keibi::testing::noise(2 * CHUNK_BYTES, 4);
     keibi::testing::put_file(&fx.vfs, keibi::id::ROOT_INO, "f", &data).expect("file");
-    let run = || {
-        keibi::verify::run(
-            fx.backend.as_ref(),
-            fx.chunks.cipher(),
-            keibi::verify::Options {
-                sample_percent: 100,
-                progress: false,
-            },
-        )
-    };
+    let run = || fx.verify_all();
     let clean = run();
     assert_eq!(clean.findings_total, 0, "{:?}", clean.findings);
     assert!(clean.chunk_bytes_checked >= data.len() as u64);

@@ -267,14 +267,7 @@ fn small_fsynced_writes_use_the_journal_and_survive_a_crash() -> TestResult {
         "recovery folds the journal"
     );
     assert_eq!(read_all(&fx.vfs, ino), expect, "every fsynced byte is back");
-    let report = keibi::verify::run(
-        fx.backend.as_ref(),
-        fx.chunks.cipher(),
-        keibi::verify::Options {
-            sample_percent: 100,
-            progress: false,
-        },
-    );
+    let report = fx.verify_all();
     assert_eq!(report.findings_total, 0, "{:?}", report.findings);
     Ok(())
 }
@@ -284,16 +277,7 @@ fn small_fsynced_writes_use_the_journal_and_survive_a_crash() -> TestResult {
 #[test]
 fn verify_tells_orphan_chunks_from_unindexed_referenced_ones() -> TestResult {
     let fx = common::mem()?;
-    let run = || {
-        keibi::verify::run(
-            fx.backend.as_ref(),
-            fx.chunks.cipher(),
-            keibi::verify::Options {
-                sample_percent: 100,
-                progress: false,
-            },
-        )
-    };
+    let run = || fx.verify_all();
     let orphan = fx.chunks.put(b"content no record refers to")?;
     let ino = put_file(&fx.vfs, ROOT_INO, "f", b"content a record refers to");
     let used = keibi::id::ChunkId::of(b"content a record refers to");
