@@ -58,11 +58,12 @@ fn head_layout(frame: &[u8]) -> Option<(usize, Vec<usize>)> {
     Some((at, lens))
 }
 
-/// As [`decode_range`], for a frame stored in parts: `head` as [`is_head`] accepts, and
-/// `payload(i)` giving piece `i`'s stored payload (`None` when it is missing).
+/// As [`decode_range`](super::decode_range), for a frame stored in parts: `head` as
+/// [`is_head`] accepts, and `payload(i)` giving piece `i`'s stored payload (`None` when it
+/// is missing).
 ///
 /// # Errors
-/// As [`decode`]; a missing or wrongly sized payload is [`Error::Corrupt`].
+/// As [`decode`](super::decode); a missing or wrongly sized payload is [`Error::Corrupt`].
 pub fn decode_range_parts(
     id: &ChunkId,
     head: &[u8],
