@@ -235,14 +235,19 @@ fn many_files_written_at_random_stay_within_the_staged_budget() -> TestResult {
         models.push(model);
     }
     let mut peak = 0;
-    // 96 KiB of small patches per chunk of every file: each chunk's overlay becomes a whole
-    // buffer, and every file holds all 16, below its own bound: 64 MiB staged without the
-    // total bound.
+    // 288 KiB of small patches per chunk of every file, more than an overlay holds: each
+    // chunk's overlay becomes a whole buffer, and every file holds all 16, below its own
+    // bound: 64 MiB staged without the total bound.
+    let patch = 12 * 1024;
+    assert!(
+        24 * patch > OVERLAY_BYTES_MAX,
+        "the patches outgrow an overlay"
+    );
     for round in 0..24usize {
         for c in 0..chunks {
             for (i, (_, fh)) in handles.iter().enumerate() {
                 let at = c * CHUNK_BYTES + round * 20_000 + i * 512;
-                let bytes = vec![u8::try_from((round * 31 + c + i) % 251)?; 4096];
+                let bytes = vec![u8::try_from((round * 31 + c + i) % 251)?; patch];
                 v.write(*fh, at as u64, &bytes)?;
                 models[i][at..at + bytes.len()].copy_from_slice(&bytes);
                 peak = peak.max(v.staged_bytes());
