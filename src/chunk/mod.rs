@@ -569,23 +569,24 @@ const ONE_PIECE: usize = usize::MAX;
 
 /// Adds the stored form of `id`'s `frame` to `batch`: whole, or in parts when it has several
 /// pieces ([`frame::parts`]).
-fn put_frame(batch: &mut Batch, id: &ChunkId, mut frame: Vec<u8>) {
+fn put_frame(batch: &mut Batch, id: &ChunkId, frame: Vec<u8>) {
     let Some((head_len, lens)) = frame::parts(&frame) else {
         batch.put(Cf::Chunks, id.0.to_vec(), frame);
         return;
     };
+    // The head and the pieces are slices of the one frame buffer, not copies.
+    let frame = bytes::Bytes::from(frame);
     let mut at = head_len;
     for (i, len) in lens.into_iter().enumerate() {
         let piece = u8::try_from(i).unwrap_or(u8::MAX);
         batch.put(
             Cf::Chunks,
             keys::chunk_piece(id, piece).to_vec(),
-            frame[at..at + len].to_vec(),
+            frame.slice(at..at + len),
         );
         at += len;
     }
-    frame.truncate(head_len);
-    batch.put(Cf::Chunks, id.0.to_vec(), frame);
+    batch.put(Cf::Chunks, id.0.to_vec(), frame.slice(..head_len));
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ impl Backend for MemBackend {
         for op in batch.ops() {
             match op {
                 Op::Put(cf, k, v) => {
-                    cfs.entry(*cf).or_default().insert(k.clone(), v.clone());
+                    cfs.entry(*cf).or_default().insert(k.clone(), v.to_vec());
                 }
                 Op::Delete(cf, k) => {
                     if let Some(m) = cfs.get_mut(cf) {

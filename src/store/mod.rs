@@ -14,6 +14,8 @@ pub mod tables;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
+use bytes::Bytes;
+
 /// Version of the on-disk format described in `schema/`. A store of one of
 /// [`SCHEMA_VERSIONS_UPGRADED`] is upgraded on open; one of any other version is refused.
 pub const SCHEMA_VERSION: u32 = 3;
@@ -77,8 +79,8 @@ impl Cf {
 /// One write in a [`Batch`].
 #[derive(Clone, Debug)]
 pub enum Op {
-    /// Set `key` to `value`.
-    Put(Cf, Vec<u8>, Vec<u8>),
+    /// Set `key` to `value` (shared, so that the pieces of one buffer go in uncopied).
+    Put(Cf, Vec<u8>, Bytes),
     /// Remove `key`.
     Delete(Cf, Vec<u8>),
     /// Remove every key in `[from, to)`.
@@ -98,7 +100,7 @@ impl Batch {
         Self::default()
     }
     /// Adds a put.
-    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: impl Into<Bytes>) {
         self.ops.push(Op::Put(cf, key.into(), value.into()));
     }
     /// Adds a delete.
