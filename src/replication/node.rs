@@ -23,7 +23,7 @@ use crate::limits::{
     NOTIFY_SCAN_RECORDS_MAX, RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS,
     WIRE_BATCH_BYTES_MAX, WIRE_BATCH_RECORDS_MAX, WIRE_MESSAGE_BYTES_MAX,
 };
-use crate::tree::{FileRecord, Kind};
+use crate::tree::{FileRecord, Kind, Timestamp};
 use crate::vfs::Vfs;
 
 use super::config::Peer;
@@ -304,7 +304,8 @@ struct Sender {
     scanned: u64,
     /// Watermark of the last batch sent.
     sent_watermark: u64,
-    /// Content changes being debounced: sequence → (file, when seen).
+    /// Content changes being debounced: sequence → (file, when its window began: when the
+    /// change was made, by [`stable_for`]).
     held: BTreeMap<u64, (FileId, Instant)>,
     /// When each held file was first held (for the maximum delay).
     first_held: HashMap<FileId, Instant>,
@@ -316,6 +317,21 @@ struct Sender {
 /// a rename or mode change moves only ctime).
 fn is_content_change(r: &FileRecord) -> bool {
     r.kind == Kind::File && !r.tombstone && r.mtime == r.ctime
+}
+
+/// How long the file of content change `r` has been stable at wall-clock time `now`: the
+/// time since the change, at most the debounce window. A change made before the worker
+/// read it (a catch-up after a reconnect, a worker that fell behind) has waited part or
+/// all of its window already. A change dated in the future (a clock set back) counts as
+/// just made.
+fn stable_for(r: &FileRecord, now: Timestamp) -> Duration {
+    let nanos = |t: Timestamp| i128::from(t.secs) * 1_000_000_000 + i128::from(t.nanos);
+    let age = nanos(now) - nanos(r.ctime);
+    let window = Duration::from_millis(NOTIFY_DEBOUNCE_MS);
+    match u64::try_from(age) {
+        Ok(age) => Duration::from_nanos(age).min(window),
+        Err(_) => Duration::ZERO,
+    }
 }
 
 impl Sender {
@@ -342,6 +358,7 @@ impl Sender {
         .map_err(|e| e.to_string())?;
         let full_scan = recs.len() >= NOTIFY_SCAN_RECORDS_MAX;
         let now = Instant::now();
+        let wall = Timestamp::now();
         let mut out = Vec::new();
         for r in recs {
             self.scanned = self.scanned.max(r.seq);
@@ -349,8 +366,10 @@ impl Sender {
                 continue;
             }
             if is_content_change(&r) && self.held.len() < NOTIFY_HELD_RECORDS_MAX {
-                self.first_held.entry(r.id).or_insert(now);
-                self.held.insert(r.seq, (r.id, now));
+                // Held as if seen when the change was made: the window runs from the change.
+                let seen = now.checked_sub(stable_for(&r, wall)).unwrap_or(now);
+                self.first_held.entry(r.id).or_insert(seen);
+                self.held.insert(r.seq, (r.id, seen));
             } else {
                 self.first_held.remove(&r.id);
                 out.push(r);
@@ -490,5 +509,59 @@ impl Sender {
         }
         self.caught_up = caught_up;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::FileId;
+    use crate::tree::VersionVector;
+
+    fn changed_at(ctime: Timestamp) -> FileRecord {
+        FileRecord {
+            id: FileId((1 << 127) | 7),
+            ino: 9,
+            kind: Kind::File,
+            parent: FileId::ROOT,
+            name: b"a".to_vec(),
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            atime: ctime,
+            mtime: ctime,
+            ctime,
+            size: 0,
+            manifest: vec![],
+            target: vec![],
+            subdirs: 0,
+            version: VersionVector(vec![(1, 1)]),
+            seq: 1,
+            tombstone: false,
+            origin: 0,
+        }
+    }
+
+    #[test]
+    fn a_change_has_been_stable_since_it_was_made_up_to_the_window() {
+        let now = Timestamp {
+            secs: 1_000,
+            nanos: 900_000_000,
+        };
+        let window = Duration::from_millis(NOTIFY_DEBOUNCE_MS);
+        let at = |secs, nanos| changed_at(Timestamp { secs, nanos });
+        // Made 50 ms ago (across a second boundary): 50 ms of its window are over.
+        assert_eq!(
+            stable_for(&at(1_000, 850_000_000), now),
+            Duration::from_millis(50)
+        );
+        assert_eq!(stable_for(&at(1_000, 900_000_000), now), Duration::ZERO);
+        // Made long ago (a catch-up): the whole window is over, so it is due at once.
+        assert_eq!(stable_for(&at(10, 0), now), window);
+        assert_eq!(stable_for(&at(1_000, 700_000_000), now), window);
+        // Dated in the future (a clock set back): waits the whole window from now.
+        assert_eq!(stable_for(&at(1_001, 0), now), Duration::ZERO);
+        assert!(is_content_change(&at(10, 0)));
     }
 }
