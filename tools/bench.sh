@@ -6,5 +6,5 @@ cd "$(dirname "$0")/.."
 bash tools/deps.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keibi-target}"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-cargo bench --locked --bench store --bench vfs -- "${1:-}" 2>&1 \
+cargo bench --locked --bench store --bench vfs --bench replication -- "${1:-}" 2>&1 \
   | grep -E '^[a-z0-9].*/|time:|thrpt:' | sed 's/^ *//'
