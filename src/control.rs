@@ -46,6 +46,9 @@ pub enum Request {
         sample_percent: u8,
         /// Answer as JSON.
         json: bool,
+        /// Fetch damaged and missing chunks again from peers.
+        #[serde(default)]
+        repair: bool,
     },
 }
 

@@ -54,6 +54,10 @@ pub struct Report {
     /// that a crash or a full disk interrupted between flushing chunk bodies and their index
     /// (see `ChunkStore::persist_unlogged`). Harmless, so not a finding.
     pub orphan_chunks: u64,
+    /// Chunks whose frame is damaged or absent, which `--repair` fetches again from a peer
+    /// (at most [`VERIFY_FINDINGS_MAX`]).
+    #[serde(skip)]
+    pub refetch: Vec<ChunkId>,
 }
 
 /// Options of a run.
@@ -65,7 +69,7 @@ pub struct Options {
     pub progress: bool,
 }
 
-const ADVICE_RESTORE: &str = "the files that use this chunk read as errors: copy them back from a peer's mount or from a backup (keibi does not yet re-fetch a damaged chunk by itself)";
+const ADVICE_RESTORE: &str = "the files that use this chunk read as errors: run `keibi verify --repair` while the mount runs to fetch it again from a peer, or copy the files back from a backup";
 const ADVICE_DAMAGED: &str = "the database files are damaged (disk or filesystem fault): copy the home directory elsewhere, check the disk, and restore the store from a peer or backup";
 const ADVICE_TREE: &str = "the file tree is inconsistent: report it as a keibi bug with this output; files outside the damaged entries are unaffected";
 const ADVICE_INDEX: &str = "an index entry disagrees with the data it indexes: report it as a keibi bug; `keibi gc` and reads may misjudge this chunk until fixed";
@@ -73,9 +77,17 @@ const ADVICE_JOURNAL: &str = "stale journal entries: the next `keibi mount` fold
 
 struct Collector {
     report: Mutex<Report>,
+    refetch: Mutex<HashSet<ChunkId>>,
 }
 
 impl Collector {
+    /// Notes that chunk `id` needs a good copy from a peer.
+    fn refetch(&self, id: ChunkId) {
+        let mut r = self.refetch.lock();
+        if r.len() < VERIFY_FINDINGS_MAX {
+            r.insert(id);
+        }
+    }
     fn add(&self, kind: &'static str, subject: String, detail: String, advice: &'static str) {
         let mut r = self.report.lock();
         r.findings_total += 1;
@@ -124,10 +136,12 @@ pub fn run(backend: &dyn Backend, cipher: Option<&Cipher>, opts: Options) -> Rep
             sample_percent: opts.sample_percent.clamp(1, 100),
             ..Report::default()
         }),
+        refetch: Mutex::new(HashSet::new()),
     };
     let index = check_chunk_index(backend, &c);
     let stored = check_chunks(backend, cipher, opts, index.len() as u64, &c);
     for id in index.difference(&stored) {
+        c.refetch(*id);
         c.add(
             "missing-chunk-frame",
             id.to_string(),
@@ -152,6 +166,8 @@ pub fn run(backend: &dyn Backend, cipher: Option<&Cipher>, opts: Options) -> Rep
     }
     let mut report = c.report.into_inner();
     report.orphan_chunks = orphans;
+    report.refetch = c.refetch.into_inner().into_iter().collect();
+    report.refetch.sort();
     report
 }
 
@@ -201,12 +217,15 @@ fn check_chunks(
                 Ok(data) => {
                     bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
-                Err(e) => c.add(
-                    "corrupt-chunk",
-                    id.to_string(),
-                    e.to_string(),
-                    ADVICE_RESTORE,
-                ),
+                Err(e) => {
+                    c.refetch(id);
+                    c.add(
+                        "corrupt-chunk",
+                        id.to_string(),
+                        e.to_string(),
+                        ADVICE_RESTORE,
+                    );
+                }
             }
             checked.fetch_add(1, Ordering::Relaxed);
         }
@@ -381,6 +400,7 @@ fn check_tree(
     }
     c.report.lock().records_checked = nodes.len() as u64;
     for (file, chunk) in missing {
+        c.refetch(chunk);
         c.add(
             "missing-chunk",
             path_of(&nodes, file),

@@ -121,6 +121,13 @@ fn verify_is_clean_then_finds_a_corrupt_chunk() {
         .clone();
     let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
     assert_eq!(v["findings"][0]["kind"], "corrupt-chunk");
+    // Repairing needs peers, which only a running mount has: a clear refusal, no change.
+    keibi(home)
+        .args(["verify", "--repair"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no mount").and(predicate::str::contains("--repair")));
+    keibi(home).arg("verify").assert().code(1);
 }
 
 #[test]

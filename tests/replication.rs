@@ -317,6 +317,101 @@ fn a_chunk_is_fetched_from_the_peer_that_has_it() {
     converge(&b, &c, 20);
 }
 
+fn verify(p: &Peer) -> keibi::verify::Report {
+    keibi::verify::run(
+        p.vfs.tables().backend().as_ref(),
+        p.vfs.chunks().cipher(),
+        keibi::verify::Options {
+            sample_percent: 100,
+            progress: false,
+        },
+    )
+}
+
+fn kinds(r: &keibi::verify::Report) -> Vec<&'static str> {
+    r.findings.iter().map(|f| f.kind).collect()
+}
+
+#[test]
+fn verify_repair_fetches_damaged_and_lost_chunks_again_from_a_peer() {
+    use keibi::store::{Batch, Cf, Durability, keys};
+    let (mut a, b) = pair();
+    let data = noise(3 << 20, 21);
+    a.write("/f", &data);
+    assert!(wait_until(30, || b.read("/f").as_deref() == Some(&data[..])));
+    let clean = verify(&b);
+    assert_eq!(clean.findings_total, 0, "{:?}", clean.findings);
+    // On B: one piece of one chunk damaged, and every part of another chunk lost (its
+    // index entry kept).
+    let backend = Arc::clone(b.vfs.tables().backend());
+    let mut parts = Vec::new();
+    backend
+        .scan(Cf::Chunks, &[], None, &mut |k, v| {
+            parts.push((k.to_vec(), v.to_vec()));
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("scan");
+    let (piece_key, mut piece) = parts
+        .iter()
+        .find(|(k, _)| k.len() == keys::CHUNK_PIECE_KEY_BYTES)
+        .cloned()
+        .expect("a chunk stored in parts");
+    let damaged = &piece_key[..32];
+    let lost = parts
+        .iter()
+        .map(|(k, _)| &k[..32])
+        .find(|id| *id != damaged)
+        .expect("a second chunk")
+        .to_vec();
+    piece[40] ^= 0x55;
+    let mut batch = Batch::new();
+    batch.put(Cf::Chunks, piece_key.clone(), piece);
+    for (k, _) in parts.iter().filter(|(k, _)| k[..32] == lost[..]) {
+        batch.delete(Cf::Chunks, k.clone());
+    }
+    backend.write(batch, Durability::Synced).expect("damage");
+    let found = verify(&b);
+    assert!(
+        kinds(&found).contains(&"corrupt-chunk"),
+        "{:?}",
+        found.findings
+    );
+    assert!(
+        kinds(&found).contains(&"missing-chunk-frame"),
+        "{:?}",
+        found.findings
+    );
+    assert_eq!(found.refetch.len(), 2, "{:?}", found.refetch);
+    let rep_b = b.rep.as_ref().expect("running");
+    let done = rep_b.repair(&found.refetch);
+    assert_eq!(done.fetched.len(), 2, "{:?}", done.failed);
+    let after = verify(&b);
+    assert_eq!(after.findings_total, 0, "{:?}", after.findings);
+    assert_eq!(b.read("/f").as_deref(), Some(&data[..]));
+    // With the only peer gone, a repair changes nothing and says why.
+    let mut batch = Batch::new();
+    let mut piece = backend
+        .get(Cf::Chunks, &piece_key)
+        .expect("get")
+        .expect("piece");
+    piece[40] ^= 0x55;
+    batch.put(Cf::Chunks, piece_key.clone(), piece);
+    backend
+        .write(batch, Durability::Synced)
+        .expect("damage again");
+    a.stop();
+    let found = verify(&b);
+    let done = rep_b.repair(&found.refetch);
+    assert!(done.fetched.is_empty());
+    assert_eq!(done.failed.len(), 1, "{:?}", done.failed);
+    let why = &done.failed[0].1;
+    assert!(
+        why.contains("no peer") || why.contains(&a.device().to_string()),
+        "{why}"
+    );
+    assert!(kinds(&verify(&b)).contains(&"corrupt-chunk"));
+}
+
 #[test]
 fn a_same_size_change_propagates() {
     let (a, b) = pair();

@@ -20,6 +20,8 @@ struct Pair {
     b: Mount,
     _homes: (tempfile::TempDir, tempfile::TempDir),
     _mnts: (tempfile::TempDir, tempfile::TempDir),
+    /// The options B was mounted with (its listener and A as its peer).
+    b_args: Vec<String>,
 }
 
 fn init(home: &Path) -> String {
@@ -69,6 +71,7 @@ fn pair() -> Pair {
         b,
         _homes: (ha, hb),
         _mnts: (ma, mb),
+        b_args: ab,
     }
 }
 
@@ -396,6 +399,7 @@ fn chunks_fetched_before_a_kill_are_still_there_without_any_peer() {
         b,
         _homes: homes,
         _mnts: mnts,
+        ..
     } = pair();
     let data = keibi::testing::noise(5 << 20, 7);
     std::fs::write(a.path().join("fetched.bin"), &data).expect("write");
@@ -428,4 +432,72 @@ fn chunks_fetched_before_a_kill_are_still_there_without_any_peer() {
     b.stop();
     let (code, out, err) = keibi(homes.1.path(), &["verify"]);
     assert_eq!(code, 0, "verify after the kill: {out}{err}");
+}
+
+#[test]
+fn verify_repair_on_a_mount_fetches_a_damaged_chunk_from_the_peer() {
+    use keibi::store::{Backend, Batch, Cf, Durability, keys, rocks::RocksBackend};
+    if !fuse_available("verify --repair through a mount") {
+        return;
+    }
+    let Pair {
+        a,
+        b,
+        _homes: homes,
+        _mnts: mnts,
+        b_args,
+    } = pair();
+    let data = keibi::testing::noise(3 << 20, 8);
+    std::fs::write(a.path().join("f.bin"), &data).expect("write");
+    assert!(
+        wait_until(30, || std::fs::read(b.path().join("f.bin"))
+            .is_ok_and(|d| d == data)),
+        "f.bin never arrived on B: {}",
+        b.log_text()
+    );
+    b.stop();
+    // Damage one piece of one chunk in B's store while it is not mounted.
+    {
+        let db = RocksBackend::open(&homes.1.path().join("store"), false).expect("open");
+        let mut piece = None;
+        db.scan(Cf::Chunks, &[], None, &mut |k, v| {
+            if k.len() == keys::CHUNK_PIECE_KEY_BYTES {
+                piece = Some((k.to_vec(), v.to_vec()));
+                return std::ops::ControlFlow::Break(());
+            }
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("scan");
+        let (k, mut v) = piece.expect("a chunk stored in parts");
+        v[50] ^= 0x0f;
+        let mut batch = Batch::new();
+        batch.put(Cf::Chunks, k, v);
+        db.write(batch, Durability::Synced).expect("damage");
+    }
+    let b = Mount::with_args(
+        homes.1.path(),
+        mnts.1.path(),
+        &b_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let (code, out, err) = keibi(b.home(), &["verify"]);
+    assert_eq!(code, 1, "verify should find the damage: {out}{err}");
+    assert!(out.contains("corrupt-chunk"), "{out}");
+    // B's session to A may take a moment to come back after the restart.
+    let mut last = String::new();
+    let repaired = wait_until(30, || {
+        let (code, out, err) = keibi(b.home(), &["verify", "--repair"]);
+        last = format!("{out}{err}");
+        code == 0
+    });
+    assert!(repaired, "verify --repair: {last}\n{}", b.log_text());
+    assert!(last.contains("fetched 1 chunks again"), "{last}");
+    assert!(last.contains("after the repair:"), "{last}");
+    let (code, out, err) = keibi(b.home(), &["verify"]);
+    assert_eq!(code, 0, "verify after the repair: {out}{err}");
+    assert_eq!(
+        std::fs::read(b.path().join("f.bin")).expect("read on B"),
+        data
+    );
+    b.stop();
+    a.stop();
 }

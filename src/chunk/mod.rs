@@ -551,6 +551,42 @@ impl ChunkStore {
         Ok(doomed)
     }
 
+    /// Stores `data`, which a peer sent for chunk `id` and which was checked against `id`
+    /// (`cvs` are its pieces' chaining values), in place of whatever frame the store has
+    /// for it: a damaged frame, or none (`keibi verify --repair`). The old head and every
+    /// possible piece key go in the same synced batch as the new frame.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn replace_fetched(
+        &self,
+        id: ChunkId,
+        data: Vec<u8>,
+        cvs: &[ChainingValue],
+    ) -> Result<(), Error> {
+        self.protect(id);
+        let frame = frame::encode_hashed(&id, cvs, &data, self.cipher.as_ref())?;
+        let plain =
+            u32::try_from(data.len()).map_err(|_| Error::Codec("chunk too large".into()))?;
+        let stored =
+            u32::try_from(frame.len()).map_err(|_| Error::Codec("frame too large".into()))?;
+        let mut batch = Batch::new();
+        batch.delete(Cf::Chunks, id.0.to_vec());
+        for piece in 0..PIECES_PER_CHUNK_MAX {
+            let piece = u8::try_from(piece).unwrap_or(u8::MAX);
+            batch.delete(Cf::Chunks, keys::chunk_piece(&id, piece).to_vec());
+        }
+        put_frame(&mut batch, &id, frame);
+        batch.put(
+            Cf::ChunkIndex,
+            id.0.to_vec(),
+            keys::chunk_info(plain, stored).to_vec(),
+        );
+        self.backend.write(batch, Durability::Synced)?;
+        self.cache.lock().put(id, Arc::new(data));
+        Ok(())
+    }
+
     /// The id of an all-zero chunk of `len` bytes, stored if absent (holes in sparse files).
     ///
     /// # Errors

@@ -253,18 +253,35 @@ fn live_handler(
             Request::Verify {
                 sample_percent,
                 json,
+                repair,
             } => {
                 let opts = crate::verify::Options {
                     sample_percent: sample_percent.clamp(1, 100),
                     progress: false,
                 };
-                let report = crate::verify::run(
-                    vfs.tables().backend().as_ref(),
-                    vfs.chunks().cipher(),
-                    opts,
-                );
-                super::verify::render(&report, json)
-                    .map(|out| (super::verify::exit_code(&report), out))
+                let verify = || {
+                    crate::verify::run(vfs.tables().backend().as_ref(), vfs.chunks().cipher(), opts)
+                };
+                let report = verify();
+                match (repair, replication.as_ref()) {
+                    (false, _) => super::verify::render(&report, json)
+                        .map(|out| (super::verify::exit_code(&report), out)),
+                    (true, Some(_)) if report.refetch.is_empty() => {
+                        super::verify::render(&report, json)
+                            .map(|out| (super::verify::exit_code(&report), out))
+                    }
+                    (true, None) => Err(anyhow::anyhow!(
+                        "--repair fetches chunks from peers, and this mount has none (start it \
+                         with --peer)"
+                    )),
+                    (true, Some(r)) => {
+                        let done = r.repair(&report.refetch);
+                        // What is left after the repair decides the exit code.
+                        let after = verify();
+                        super::verify::render_repaired(&report, &done, &after, json)
+                            .map(|out| (super::verify::exit_code(&after), out))
+                    }
+                }
             }
         };
         match answered {

@@ -19,6 +19,11 @@ pub struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Fetch every damaged or missing chunk again from a peer, checked against its hash,
+    /// and store it in place of the bad one; then verify again. Needs the running mount
+    /// (its peers send the chunks).
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// Renders `report` as `keibi verify` prints it.
@@ -65,6 +70,46 @@ pub(crate) fn render(report: &Report, json: bool) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// Renders a `keibi verify --repair`: the first report, what was fetched again, and the
+/// report of the verify run after it (as one JSON object with `--json`).
+pub(crate) fn render_repaired(
+    before: &Report,
+    repair: &crate::replication::Repair,
+    after: &Report,
+    json: bool,
+) -> anyhow::Result<String> {
+    let failed: Vec<(String, &str)> = repair
+        .failed
+        .iter()
+        .map(|(id, why)| (id.to_string(), why.as_str()))
+        .collect();
+    if json {
+        let fetched: Vec<String> = repair.fetched.iter().map(ToString::to_string).collect();
+        let failed: Vec<serde_json::Value> = failed
+            .iter()
+            .map(|(id, why)| serde_json::json!({ "chunk": id, "error": why }))
+            .collect();
+        let all = serde_json::json!({
+            "before": before,
+            "repair": { "fetched": fetched, "failed": failed },
+            "after": after,
+        });
+        return Ok(serde_json::to_string_pretty(&all)? + "\n");
+    }
+    let mut out = render(before, false)?;
+    for (id, why) in &failed {
+        writeln!(out, "repair: chunk {id}: not fetched: {why}")?;
+    }
+    writeln!(
+        out,
+        "repair: fetched {} chunks again from peers; {} could not be fetched\nafter the repair:",
+        repair.fetched.len(),
+        failed.len()
+    )?;
+    out += &render(after, false)?;
+    Ok(out)
+}
+
 /// The exit code of a verify that produced `report`: 0 clean, 1 findings.
 pub(crate) fn exit_code(report: &Report) -> u8 {
     u8::from(report.findings_total != 0)
@@ -74,9 +119,17 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     let req = Request::Verify {
         sample_percent: args.sample.unwrap_or(100),
         json: args.json,
+        repair: args.repair,
     };
     if let Some(code) = super::via_mount(home, &req)? {
         return Ok(code);
+    }
+    if args.repair {
+        anyhow::bail!(
+            "--repair fetches chunks from the peers of the running mount, and no mount of {} \
+             is running: start `keibi mount` with its peers, then run it again",
+            home.root().display()
+        );
     }
     let dir = home.store_dir();
     if !dir.join("CURRENT").exists() {

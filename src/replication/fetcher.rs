@@ -433,6 +433,53 @@ impl Fetcher {
         }
     }
 
+    /// Asks each connected peer in turn for `id` until one sends it, checked against its
+    /// hash; the store is not touched (`keibi verify --repair` stores it in place of a
+    /// damaged frame). A chunk that arrives bad is counted as a fetch error.
+    ///
+    /// # Errors
+    /// No peer is connected, or none sent the chunk (the reasons, peer by peer).
+    pub async fn fetch_checked(&self, id: ChunkId) -> Result<wire::CheckedChunk, String> {
+        let sources: Vec<_> = self.sources.lock().clone();
+        if sources.is_empty() {
+            return Err("no peer is connected".into());
+        }
+        let mut why = Vec::new();
+        for (device, client) in sources {
+            let req = proto::ChunkRequest {
+                ids: vec![id.0.to_vec()],
+            };
+            let got = async {
+                let mut stream = client
+                    .max_decoding_message_size(WIRE_MESSAGE_BYTES_MAX)
+                    .stream_file(req)
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .into_inner();
+                let msg = stream
+                    .message()
+                    .await
+                    .map_err(|e| e.message().to_string())?
+                    .ok_or("the stream ended empty")?;
+                match wire::chunk_data(&msg) {
+                    Ok((got, Some(checked))) if got == id => Ok(checked),
+                    Ok((_, None)) => Err("it does not have it".to_string()),
+                    Ok((got, Some(_))) => Err(format!("it sent chunk {got} instead")),
+                    Err(e) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        Err(e.to_string())
+                    }
+                }
+            }
+            .await;
+            match got {
+                Ok(checked) => return Ok(checked),
+                Err(e) => why.push(format!("{device}: {e}")),
+            }
+        }
+        Err(why.join("; "))
+    }
+
     /// Fetches `id` ahead of everything else and waits for it (bounded).
     fn fetch_now_blocking(&self, id: &ChunkId) -> Result<(), String> {
         if self.vfs.chunks().contains(id).unwrap_or(false) {

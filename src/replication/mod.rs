@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::id::ChunkId;
 use crate::limits::{
     HTTP2_WINDOW_BYTES, INBOX_RETRY_MS, KEEPALIVE_INTERVAL_MS, WIRE_MESSAGE_BYTES_MAX,
 };
@@ -84,6 +85,15 @@ pub struct Status {
     pub conflicts: u64,
     /// The last connection the listener refused (an untrusted device, a failed handshake).
     pub last_refused: Option<String>,
+}
+
+/// What [`Replication::repair`] did.
+#[derive(Clone, Debug, Default)]
+pub struct Repair {
+    /// Chunks fetched again and stored.
+    pub fetched: Vec<ChunkId>,
+    /// Chunks no peer could send, with why.
+    pub failed: Vec<(ChunkId, String)>,
 }
 
 /// Running replication of one store: the listener, a session per peer with an address, the
@@ -199,6 +209,36 @@ impl Replication {
             conflicts: self.node.counters.conflicts.load(Ordering::Relaxed),
             last_refused: self.node.refused.lock().clone(),
         }
+    }
+
+    /// Fetches each of `ids` again from a connected peer and stores it, checked against
+    /// its hash, in place of the damaged or absent frame (`keibi verify --repair`). One
+    /// chunk at a time; a chunk no peer could send is listed with the reasons.
+    #[must_use]
+    pub fn repair(&self, ids: &[ChunkId]) -> Repair {
+        let mut out = Repair::default();
+        let Some(handle) = self.runtime.lock().as_ref().map(|rt| rt.handle().clone()) else {
+            out.failed = ids
+                .iter()
+                .map(|id| (*id, "replication has stopped".to_string()))
+                .collect();
+            return out;
+        };
+        let chunks = self.node.vfs.chunks();
+        for id in ids {
+            let stored = handle
+                .block_on(self.node.fetcher.fetch_checked(*id))
+                .and_then(|c| {
+                    chunks
+                        .replace_fetched(*id, c.data.to_vec(), &c.cvs)
+                        .map_err(|e| format!("storing it: {e}"))
+                });
+            match stored {
+                Ok(()) => out.fetched.push(*id),
+                Err(e) => out.failed.push((*id, e)),
+            }
+        }
+        out
     }
 
     /// Stops every task and closes every connection.
