@@ -147,6 +147,8 @@ pub const WIRE_BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 pub const WIRE_MANIFEST_PART_CHUNKS: usize = 16 * 1024;
 /// Chunk ids in one `StreamFile` request.
 pub const WIRE_CHUNKS_PER_REQUEST_MAX: usize = 64;
+/// Chunk ids in one `Announce`.
+pub const WIRE_ANNOUNCE_CHUNKS_MAX: usize = 256;
 /// Chunks a `StreamFile` answer reads ahead of what the connection has taken.
 pub const STREAM_CHUNKS_AHEAD_MAX: usize = 2;
 /// Authenticated connections handed to the gRPC server and not yet taken by it.
@@ -161,6 +163,9 @@ pub const NOTIFY_DEBOUNCE_MS: u64 = 200;
 pub const NOTIFY_DELAY_MAX_MS: u64 = 2_000;
 /// How often the notify worker looks for new local changes, in milliseconds.
 pub const NOTIFY_POLL_MS: u64 = 20;
+/// Chunks sealed ahead of a commit that are remembered for announcing to peers; a session
+/// that falls further behind skips the oldest (an announcement is only a hint).
+pub const ANNOUNCED_CHUNKS_KEPT_MAX: usize = 4096;
 /// Records read from the sequence index at once by the notify worker.
 pub const NOTIFY_SCAN_RECORDS_MAX: usize = 1024;
 /// Debounced content changes held back at once; past this they are sent undebounced.
@@ -182,6 +187,9 @@ pub const FETCH_BYTES_IN_FLIGHT_MAX: usize =
     FETCH_STREAMS_MAX * FETCH_CHUNKS_PER_STREAM * CHUNK_BYTES;
 /// Chunk ids queued for fetching; past this the fetcher rescans the tree when it runs dry.
 pub const FETCH_QUEUE_CHUNKS_MAX: usize = 65_536;
+/// Announced chunks (those a peer sealed for a file it is still writing) queued for
+/// fetching ahead of the file's record; past this, new announcements are dropped.
+pub const FETCH_ANNOUNCED_CHUNKS_MAX: usize = 4096;
 /// How long a read of a chunk not yet fetched waits for it before failing with EIO, in
 /// milliseconds.
 pub const FETCH_READ_TIMEOUT_MS: u64 = 30_000;

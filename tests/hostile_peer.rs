@@ -4,7 +4,8 @@
 //! message larger than the protocol allows, and answers A's first request for a chunk with
 //! bytes that do not hash to it. A must refuse each bad part, apply the good record, survive
 //! the oversized message, never store the wrong bytes, and end with the right content once
-//! C stops lying.
+//! C stops lying. Announcements too: one before Hello and malformed ones are refused, and
+//! one of a chunk C then lacks is dropped without an error.
 #![expect(clippy::expect_used, reason = "test code fails loudly on setup errors")]
 
 use std::pin::Pin;
@@ -65,6 +66,13 @@ impl proto::replication_server::Replication for Liar {
             applied_seq: req.get_ref().to_seq,
             rejected: 0,
         }))
+    }
+
+    async fn announce(
+        &self,
+        _: Request<proto::Announcement>,
+    ) -> Result<Response<proto::AnnounceAck>, Status> {
+        Ok(Response::new(proto::AnnounceAck { queued: 0 }))
     }
 
     type StreamFileStream = ChunkStream;
@@ -168,7 +176,8 @@ fn a_lying_peer_is_refused_record_by_record_and_chunk_by_chunk() {
         .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port_c)))
         .expect("bind C");
     let liar = Liar {
-        lies: 2,
+        // The first request is for the announced chunk C does not have (below).
+        lies: 3,
         served: Arc::clone(&served),
     };
     rt.spawn(async move {
@@ -229,11 +238,21 @@ fn a_lying_peer_is_refused_record_by_record_and_chunk_by_chunk() {
         7,
     );
     let client_config = Arc::new(tls::client_config(&id_c, device_a).expect("config"));
-    let ack = rt.block_on(async {
+    let mut client = rt.block_on(async {
         let (channel, _) = transport::dial(&format!("127.0.0.1:{port_a}"), client_config)
             .await
             .expect("C dials A");
         let mut client = ReplicationClient::new(channel);
+        let early = client
+            .announce(proto::Announcement {
+                ids: vec![chunk.0.to_vec()],
+            })
+            .await;
+        assert_eq!(
+            early.map(|_| ()).map_err(|e| e.code()),
+            Err(tonic::Code::FailedPrecondition),
+            "an announcement before Hello was taken"
+        );
         client
             .hello(proto::HelloRequest {
                 protocol: keibi::replication::PROTOCOL_VERSION,
@@ -241,6 +260,42 @@ fn a_lying_peer_is_refused_record_by_record_and_chunk_by_chunk() {
             })
             .await
             .expect("hello");
+        let too_many = proto::Announcement {
+            ids: vec![chunk.0.to_vec(); keibi::limits::WIRE_ANNOUNCE_CHUNKS_MAX + 1],
+        };
+        let short = proto::Announcement {
+            ids: vec![vec![7; 31]],
+        };
+        for bad in [too_many, short] {
+            let got = client.announce(bad).await;
+            assert_eq!(
+                got.map(|_| ()).map_err(|e| e.code()),
+                Err(tonic::Code::InvalidArgument),
+                "a malformed announcement was taken"
+            );
+        }
+        // An announced chunk that C then lacks: A asks once and drops the hint, with no
+        // error and nothing left to fetch.
+        let ack = client
+            .announce(proto::Announcement {
+                ids: vec![ChunkId::of(NEVER).0.to_vec()],
+            })
+            .await
+            .expect("announce")
+            .into_inner();
+        assert_eq!(ack.queued, 1);
+        client
+    });
+    assert!(
+        wait_until(30, || served.load(Ordering::SeqCst) >= 1
+            && rep.status().chunks_missing == 0),
+        "A never asked for the announced chunk: {:?}",
+        rep.status()
+    );
+    let status = rep.status();
+    assert_eq!(status.fetch_errors, 0, "a dropped hint counted: {status:?}");
+    assert!(status.fetch_last_error.is_none(), "{status:?}");
+    let ack = rt.block_on(async {
         // Larger than any message the protocol allows: refused before it is decoded.
         let huge = proto::Batch {
             index_id: C_INDEX,

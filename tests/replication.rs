@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keibi::home::{Home, InitOptions};
-use keibi::id::{DeviceId, ROOT_INO};
+use keibi::id::{ChunkId, DeviceId, ROOT_INO};
 use keibi::replication::config::{Config, Peer as PeerConf};
 use keibi::replication::tls::Identity;
 use keibi::replication::{Replication, Status};
@@ -279,6 +279,48 @@ fn rename_moves_no_data_and_append_fetches_one_chunk() {
         fetched + 1,
         "an append fetched more than one chunk"
     );
+}
+
+#[test]
+fn chunks_of_a_file_still_being_written_reach_the_peer_before_its_record() {
+    let (a, b) = pair();
+    // Announcements go on sessions that are up (a session starts after the newest chunk).
+    assert!(wait_until(20, || dialled_all(&a, 1) && dialled_all(&b, 1)));
+    let data = noise(4 << 20, 5);
+    let (_, fh) = a
+        .vfs
+        .create(ROOT_INO, b"growing.bin", 0o644, ME, OpenFlags::default())
+        .expect("create");
+    for (i, piece) in data.chunks(1 << 20).enumerate() {
+        a.vfs.write(fh, (i as u64) << 20, piece).expect("write");
+    }
+    let ids: Vec<ChunkId> = data
+        .chunks(keibi::limits::CHUNK_BYTES)
+        .map(ChunkId::of)
+        .collect();
+    // The file is still open and uncommitted on A: its chunks go ahead of its record.
+    assert!(
+        wait_until(20, || ids.iter().all(|id| b
+            .vfs
+            .chunks()
+            .contains(id)
+            .unwrap_or(false))),
+        "the chunks of an open file never reached B: {:?}",
+        b.status()
+    );
+    let st = b.status();
+    assert_eq!(st.chunks_announced, 8, "{st:?}");
+    let on_b = b
+        .ino("/growing.bin")
+        .map(|i| b.vfs.getattr(i).expect("attr").size);
+    assert!(
+        on_b.is_none_or(|size| size == 0),
+        "B has the file's content already: {on_b:?}"
+    );
+
+    a.vfs.release(fh).expect("release");
+    assert!(wait_until(20, || b.read("/growing.bin").as_deref() == Some(&data[..])));
+    assert_eq!(b.status().chunks_fetched, 8, "a chunk was fetched twice");
 }
 
 /// True when `p` has a session up to each of `n` peers.

@@ -123,10 +123,11 @@ fn render_replication(out: &mut String, r: &crate::replication::Status) -> std::
     )?;
     writeln!(
         out,
-        "missing:   {} chunks not fetched yet; fetched {} chunks, {}; {} fetch errors",
+        "missing:   {} chunks not fetched yet; fetched {} chunks, {} ({} ahead of their file, on announcement); {} fetch errors",
         r.chunks_missing,
         r.chunks_fetched,
         super::bytes(r.bytes_fetched),
+        r.chunks_announced,
         r.fetch_errors
     )?;
     if r.fetched_unpersisted {

@@ -18,6 +18,12 @@
 //! [`crate::limits::UNLOGGED_CHUNKS_MAX`], or by a local commit that references them); a
 //! crash before that loses only chunks the rescan at the next start asks for again.
 //!
+//! Announced chunks (a peer's `Announce`: chunks it stored for a file it is still writing)
+//! are fetched from that peer when nothing else is queued, at most
+//! [`FETCH_ANNOUNCED_CHUNKS_MAX`] queued at once. They are only hints: one that fails or
+//! that the peer no longer has is dropped, not retried or counted, unless a record or a
+//! read has asked for it meanwhile.
+//!
 //! A read of a missing chunk ([`crate::chunk::Remote::fetch_now`]) puts it at the front of
 //! the queue and waits for it, at most [`FETCH_READ_TIMEOUT_MS`]; it then fails (EIO), never
 //! returning zeros.
@@ -34,8 +40,9 @@ use tokio::sync::Notify;
 
 use crate::id::{ChunkId, DeviceId};
 use crate::limits::{
-    FETCH_CHUNKS_PER_STREAM, FETCH_PERSIST_IDLE_MS, FETCH_QUEUE_CHUNKS_MAX, FETCH_READ_TIMEOUT_MS,
-    FETCH_RETRY_MS, FETCH_STREAMS_MAX, WIRE_MESSAGE_BYTES_MAX,
+    FETCH_ANNOUNCED_CHUNKS_MAX, FETCH_CHUNKS_PER_STREAM, FETCH_PERSIST_IDLE_MS,
+    FETCH_QUEUE_CHUNKS_MAX, FETCH_READ_TIMEOUT_MS, FETCH_RETRY_MS, FETCH_STREAMS_MAX,
+    WIRE_MESSAGE_BYTES_MAX,
 };
 use crate::vfs::Vfs;
 
@@ -54,6 +61,8 @@ pub struct FetchStats {
     pub bytes: AtomicU64,
     /// Chunks that arrived bad (wrong hash, malformed) or that a peer did not have.
     pub errors: AtomicU64,
+    /// Of `chunks`, those fetched on an announcement, before a record asked for them.
+    pub announced: AtomicU64,
 }
 
 #[derive(Default)]
@@ -68,6 +77,11 @@ struct Queue {
     retry: Vec<(Instant, ChunkId)>,
     /// Peers that answered that they lack a chunk, in this round of asking every source.
     lacked: HashMap<ChunkId, HashSet<DeviceId>>,
+    /// Announced chunks, each with the peer that announced it (the one to ask).
+    announced: VecDeque<(DeviceId, ChunkId)>,
+    /// Chunks queued in `announced` or in flight on an announcement alone; a record or a
+    /// read that asks for one removes it, so that its failure is then retried.
+    speculative: HashSet<ChunkId>,
     last_error: Option<String>,
 }
 
@@ -139,6 +153,8 @@ impl Fetcher {
         let mut q = self.queue.lock();
         let mut any = false;
         for id in ids {
+            // Wanted now: no longer a hint (an entry left in `announced` is skipped).
+            q.speculative.remove(&id);
             if q.queued.contains(&id) || q.in_flight.contains(&id) {
                 continue;
             }
@@ -154,6 +170,33 @@ impl Fetcher {
         if any {
             self.wake.notify_waiters();
         }
+    }
+
+    /// Queues chunks that `device` announced, to fetch from it when nothing else waits;
+    /// returns how many were queued (not those queued, in flight or announced already).
+    /// When the queue is full the oldest announcements make room: the newest are those
+    /// whose records are still to come.
+    pub fn announce(&self, device: DeviceId, ids: impl IntoIterator<Item = ChunkId>) -> usize {
+        let mut q = self.queue.lock();
+        let mut n = 0;
+        for id in ids {
+            if q.queued.contains(&id) || q.in_flight.contains(&id) || q.speculative.contains(&id) {
+                continue;
+            }
+            if q.announced.len() >= FETCH_ANNOUNCED_CHUNKS_MAX
+                && let Some((_, old)) = q.announced.pop_front()
+            {
+                q.speculative.remove(&old);
+            }
+            q.speculative.insert(id);
+            q.announced.push_back((device, id));
+            n += 1;
+        }
+        drop(q);
+        if n > 0 {
+            self.wake.notify_waiters();
+        }
+        n
     }
 
     /// Chunks queued or in flight.
@@ -226,6 +269,20 @@ impl Fetcher {
             q.in_flight.insert(id);
             out.push(id);
         }
+        // Room left means nothing else is queued for `device`: its announced chunks.
+        let mut i = 0;
+        while out.len() < FETCH_CHUNKS_PER_STREAM && i < q.announced.len() {
+            let (from, id) = q.announced[i];
+            if from != device {
+                i += 1;
+                continue;
+            }
+            q.announced.remove(i);
+            if q.speculative.contains(&id) && !q.in_flight.contains(&id) {
+                q.in_flight.insert(id);
+                out.push(id);
+            }
+        }
         for id in skipped.into_iter().rev() {
             q.queued.insert(id);
             q.normal.push_front(id);
@@ -237,6 +294,11 @@ impl Fetcher {
     /// of `sources` lacked it, count the error and try them all again later.
     fn finish_lacking(&self, id: ChunkId, device: DeviceId, sources: &[DeviceId]) {
         let mut q = self.queue.lock();
+        if q.speculative.remove(&id) {
+            // Only announced, and the announcer no longer has it (a file rewritten since).
+            q.in_flight.remove(&id);
+            return;
+        }
         if q.lacked.len() >= FETCH_QUEUE_CHUNKS_MAX && !q.lacked.contains_key(&id) {
             // Only a shortcut: turning through the sources reaches every peer without it.
             q.lacked.clear();
@@ -261,8 +323,11 @@ impl Fetcher {
     fn finish(&self, id: ChunkId, result: &Result<(), String>) {
         let mut q = self.queue.lock();
         q.in_flight.remove(&id);
+        let hint = q.speculative.remove(&id);
         match result {
             Ok(()) => {}
+            // A hint that failed is dropped; the record, if one comes, asks again.
+            Err(_) if hint => {}
             Err(e) => {
                 q.last_error = Some(e.clone());
                 q.retry
@@ -404,6 +469,9 @@ impl Fetcher {
                             *self.last_stored.lock() = Instant::now();
                             self.stats.chunks.fetch_add(1, Ordering::Relaxed);
                             self.stats.bytes.fetch_add(len, Ordering::Relaxed);
+                            if self.queue.lock().speculative.contains(&id) {
+                                self.stats.announced.fetch_add(1, Ordering::Relaxed);
+                            }
                         } else {
                             self.stats.errors.fetch_add(1, Ordering::Relaxed);
                         }
@@ -489,6 +557,7 @@ impl Fetcher {
         {
             let mut q = self.queue.lock();
             q.waiters.entry(*id).or_default().push(tx);
+            q.speculative.remove(id);
             if !q.in_flight.contains(id) {
                 q.queued.insert(*id);
                 q.urgent.push_back(*id);

@@ -74,6 +74,9 @@ pub struct Status {
     pub chunks_fetched: u64,
     /// Bytes of chunks fetched.
     pub bytes_fetched: u64,
+    /// Of `chunks_fetched`, those fetched on a peer's announcement, before their file's
+    /// record arrived.
+    pub chunks_announced: u64,
     /// Chunks that arrived bad or that a peer lacked.
     pub fetch_errors: u64,
     /// The last fetch error.
@@ -203,6 +206,7 @@ impl Replication {
             chunks_missing: (queued + in_flight) as u64,
             chunks_fetched: s.chunks.load(Ordering::Relaxed),
             bytes_fetched: s.bytes.load(Ordering::Relaxed),
+            chunks_announced: s.announced.load(Ordering::Relaxed),
             fetch_errors: s.errors.load(Ordering::Relaxed),
             fetch_last_error: self.node.fetcher.last_error(),
             fetched_unpersisted: self.node.fetcher.unpersisted(),

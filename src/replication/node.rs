@@ -5,7 +5,9 @@
 //! has applied this store's changes), registers the connection with the fetcher, then runs
 //! the notify worker: it reads the sequence index from that point, holds content changes
 //! until their file has been stable for [`NOTIFY_DEBOUNCE_MS`], skips changes that came
-//! from that peer, and sends the rest in bounded `BatchNotify` calls. A failed call ends the
+//! from that peer, and sends the rest in bounded `BatchNotify` calls. Before each round it
+//! announces the whole chunks stored since for files still being written (`Announce`), so
+//! the peer can fetch a large file while it is written. A failed call ends the
 //! session; the peer is dialled again with exponential backoff and the session starts over
 //! from the peer's acknowledged sequence (catch-up).
 
@@ -21,7 +23,7 @@ use crate::id::{DeviceId, FileId};
 use crate::limits::{
     NOTIFY_DEBOUNCE_MS, NOTIFY_DELAY_MAX_MS, NOTIFY_HELD_RECORDS_MAX, NOTIFY_POLL_MS,
     NOTIFY_SCAN_RECORDS_MAX, RECONNECT_BACKOFF_MAX_MS, RECONNECT_BACKOFF_MIN_MS,
-    WIRE_BATCH_BYTES_MAX, WIRE_BATCH_RECORDS_MAX, WIRE_MESSAGE_BYTES_MAX,
+    WIRE_ANNOUNCE_CHUNKS_MAX, WIRE_BATCH_BYTES_MAX, WIRE_BATCH_RECORDS_MAX, WIRE_MESSAGE_BYTES_MAX,
 };
 use crate::tree::{FileRecord, Kind, Timestamp};
 use crate::vfs::Vfs;
@@ -290,6 +292,7 @@ async fn session(
         held: BTreeMap::new(),
         first_held: HashMap::new(),
         caught_up: false,
+        announced: Some(node.vfs.announced().end()),
     };
     sender.run().await
 }
@@ -311,6 +314,9 @@ struct Sender {
     first_held: HashMap<FileId, Instant>,
     /// What the last batch said.
     caught_up: bool,
+    /// Position in the vfs's announced chunks up to which the peer was told; `None` once
+    /// it answered that it does not take announcements.
+    announced: Option<u64>,
 }
 
 /// True for a record that a content change made (a commit sets mtime and ctime together;
@@ -337,6 +343,7 @@ fn stable_for(r: &FileRecord, now: Timestamp) -> Duration {
 impl Sender {
     async fn run(&mut self) -> Result<(), String> {
         loop {
+            self.announce().await;
             let tables_last = self.node.vfs.tables().last_seq();
             if tables_last > self.scanned || !self.held.is_empty() || !self.caught_up {
                 self.round().await?;
@@ -344,6 +351,43 @@ impl Sender {
                 tokio::time::sleep(Duration::from_millis(NOTIFY_POLL_MS)).await;
             }
         }
+    }
+
+    /// Tells the peer of the whole chunks stored since the last call for files still being
+    /// written. Only a hint: a failure is logged and skipped (a broken connection also
+    /// fails the next `BatchNotify`, which ends the session).
+    async fn announce(&mut self) {
+        let Some(mut cursor) = self.announced else {
+            return;
+        };
+        loop {
+            let (ids, next) = self
+                .node
+                .vfs
+                .announced()
+                .since(cursor, WIRE_ANNOUNCE_CHUNKS_MAX);
+            if ids.is_empty() {
+                break;
+            }
+            cursor = next;
+            let req = proto::Announcement {
+                ids: ids.iter().map(|i| i.0.to_vec()).collect(),
+            };
+            let bytes = prost::Message::encoded_len(&req) as u64;
+            match self.client.announce(req).await {
+                Ok(_) => self.node.with_peer(&self.device, |p| p.sent_bytes += bytes),
+                Err(e) if e.code() == tonic::Code::Unimplemented => {
+                    tracing::info!("peer {} takes no announcements", self.device);
+                    self.announced = None;
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!("Announce to {}: {}", self.device, e.message());
+                    break;
+                }
+            }
+        }
+        self.announced = Some(cursor);
     }
 
     /// One round: read new changes, release what is due, send.

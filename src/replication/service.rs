@@ -1,4 +1,5 @@
-//! The receiving side: the gRPC service peers call (`Hello`, `BatchNotify`, `StreamFile`), and
+//! The receiving side: the gRPC service peers call (`Hello`, `BatchNotify`, `StreamFile`,
+//! `Announce`), and
 //! the inbox of each sender, which holds records that cannot apply yet.
 
 use std::collections::HashMap;
@@ -235,6 +236,22 @@ impl Replication for Service {
         self.node.fetcher.enqueue(missing);
         ack.map(Response::new)
             .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    async fn announce(
+        &self,
+        req: Request<proto::Announcement>,
+    ) -> Result<Response<proto::AnnounceAck>, Status> {
+        let peer = peer_of(&req)?;
+        if self.node.index_of(&peer.device).is_none() {
+            return Err(Status::failed_precondition("Announce before Hello"));
+        }
+        let ids = wire::announcement(req.get_ref())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let queued = self.node.fetcher.announce(peer.device, ids);
+        Ok(Response::new(proto::AnnounceAck {
+            queued: u32::try_from(queued).unwrap_or(u32::MAX),
+        }))
     }
 
     type StreamFileStream = ChunkStream;

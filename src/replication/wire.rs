@@ -5,8 +5,8 @@
 use crate::chunk::chunk_count;
 use crate::id::{ChunkId, FileId};
 use crate::limits::{
-    CHUNK_BYTES, FILE_BYTES_MAX, SYMLINK_TARGET_BYTES_MAX, WIRE_CHUNKS_PER_REQUEST_MAX,
-    WIRE_MANIFEST_PART_CHUNKS,
+    CHUNK_BYTES, FILE_BYTES_MAX, SYMLINK_TARGET_BYTES_MAX, WIRE_ANNOUNCE_CHUNKS_MAX,
+    WIRE_CHUNKS_PER_REQUEST_MAX, WIRE_MANIFEST_PART_CHUNKS,
 };
 use crate::tree::{FileRecord, Kind, Timestamp, VersionVector, validate_name};
 
@@ -273,18 +273,31 @@ impl Assembler {
     }
 }
 
+/// At most `max` chunk ids, each 32 bytes; `what` names the message in the error.
+fn chunk_ids(ids: &[Vec<u8>], max: usize, what: &str) -> Result<Vec<ChunkId>, WireError> {
+    if ids.len() > max {
+        return Err(bad(format!(
+            "{} chunks in one {what}, at most {max}",
+            ids.len()
+        )));
+    }
+    ids.iter().map(|i| chunk_id(i)).collect()
+}
+
 /// The chunk ids of a `StreamFile` request.
 ///
 /// # Errors
 /// Too many ids; an id that is not 32 bytes.
 pub fn chunk_request(r: &proto::ChunkRequest) -> Result<Vec<ChunkId>, WireError> {
-    if r.ids.len() > WIRE_CHUNKS_PER_REQUEST_MAX {
-        return Err(bad(format!(
-            "{} chunks asked at once, at most {WIRE_CHUNKS_PER_REQUEST_MAX}",
-            r.ids.len()
-        )));
-    }
-    r.ids.iter().map(|i| chunk_id(i)).collect()
+    chunk_ids(&r.ids, WIRE_CHUNKS_PER_REQUEST_MAX, "StreamFile request")
+}
+
+/// The chunk ids of an `Announce`.
+///
+/// # Errors
+/// Too many ids; an id that is not 32 bytes.
+pub fn announcement(a: &proto::Announcement) -> Result<Vec<ChunkId>, WireError> {
+    chunk_ids(&a.ids, WIRE_ANNOUNCE_CHUNKS_MAX, "announcement")
 }
 
 /// A chunk's bytes that hash to its id, with the chaining values of its pieces (which the
@@ -454,5 +467,20 @@ mod tests {
             ids: vec![vec![0; 32]; WIRE_CHUNKS_PER_REQUEST_MAX + 1],
         };
         assert!(chunk_request(&many).is_err());
+        let ok = proto::Announcement {
+            ids: vec![vec![1; 32]; WIRE_ANNOUNCE_CHUNKS_MAX],
+        };
+        assert_eq!(
+            announcement(&ok).map(|v| v.len()).ok(),
+            Some(WIRE_ANNOUNCE_CHUNKS_MAX)
+        );
+        let too_many = proto::Announcement {
+            ids: vec![vec![1; 32]; WIRE_ANNOUNCE_CHUNKS_MAX + 1],
+        };
+        assert!(announcement(&too_many).is_err());
+        let short = proto::Announcement {
+            ids: vec![vec![1; 31]],
+        };
+        assert!(announcement(&short).is_err());
     }
 }

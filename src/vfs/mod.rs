@@ -283,6 +283,12 @@ impl Vfs {
         &self.chunks
     }
 
+    /// Whole chunks stored for files still being written, for replication to announce.
+    #[must_use]
+    pub fn announced(&self) -> &seal::Announced {
+        self.sealer.announced()
+    }
+
     fn record_of(&self, ino: Ino) -> Result<FileRecord> {
         let id = self.tables.file_of_ino(ino)?.ok_or(Error::NotFound)?;
         self.tables.record(id)?.ok_or(Error::NotFound)

@@ -243,7 +243,8 @@ impl FileState {
             buf.data[s..e].copy_from_slice(&data[from..from + (e - s)]);
             buf.dirty.add(s, e);
             if buf.data.len() == CHUNK_BYTES && buf.dirty.covers(CHUNK_BYTES) {
-                self.seal_slot(idx, sealer, true);
+                // Written whole: peers may fetch it before the file is committed.
+                self.seal_slot_with(idx, |data| sealer.seal_whole_ahead(data));
             }
         }
         self.mtime = Some(Timestamp::now());
@@ -367,10 +368,13 @@ impl FileState {
     /// Sends buffer `idx` to the seal pool; `ahead` marks a chunk sealed while the file is
     /// being written, stored unlogged until the commit persists it (see `Sealer::seal`).
     pub fn seal_slot(&mut self, idx: u64, sealer: &Sealer, ahead: bool) {
+        self.seal_slot_with(idx, |data| sealer.seal(data, ahead));
+    }
+
+    fn seal_slot_with(&mut self, idx: u64, seal: impl FnOnce(Vec<u8>) -> Arc<SealJob>) {
         match self.slots.remove(&idx) {
             Some(Slot::Buffer(b)) => {
-                self.slots
-                    .insert(idx, Slot::Sealing(sealer.seal(b.data, ahead)));
+                self.slots.insert(idx, Slot::Sealing(seal(b.data)));
                 self.sealing.push_back(idx);
             }
             Some(other) => {
