@@ -4,8 +4,8 @@
 //! message larger than the protocol allows, and answers A's first request for a chunk with
 //! bytes that do not hash to it. A must refuse each bad part, apply the good record, survive
 //! the oversized message, never store the wrong bytes, and end with the right content once
-//! C stops lying. Announcements too: one before Hello and malformed ones are refused, and
-//! one of a chunk C then lacks is dropped without an error.
+//! C stops lying. Announcements too: malformed ones are refused, and one of a chunk C then
+//! lacks is dropped without an error.
 #![expect(clippy::expect_used, reason = "test code fails loudly on setup errors")]
 
 use std::pin::Pin;
@@ -243,16 +243,6 @@ fn a_lying_peer_is_refused_record_by_record_and_chunk_by_chunk() {
             .await
             .expect("C dials A");
         let mut client = ReplicationClient::new(channel);
-        let early = client
-            .announce(proto::Announcement {
-                ids: vec![chunk.0.to_vec()],
-            })
-            .await;
-        assert_eq!(
-            early.map(|_| ()).map_err(|e| e.code()),
-            Err(tonic::Code::FailedPrecondition),
-            "an announcement before Hello was taken"
-        );
         client
             .hello(proto::HelloRequest {
                 protocol: keibi::replication::PROTOCOL_VERSION,
