@@ -5,8 +5,9 @@
 //! - `proto` (generated) and [`wire`]: the protocol, and the one place its messages are
 //!   validated and turned into domain types.
 //! - `service`: the receiving side (`Hello`, `BatchNotify`, `StreamFile`) and per-sender inboxes.
-//! - `node`: shared state, and the sending side: one session per dialled peer, whose
-//!   notify worker debounces, batches and sends local changes.
+//! - `node`: shared state, and one session per dialled peer.
+//! - `notify`: a session's notify worker, which debounces, batches and sends local changes
+//!   and announces chunks of files being written.
 //! - [`fetcher`]: missing chunks by hash, bounded, with reads jumping the queue.
 //! - [`config`]: trusted peers and addresses.
 //!
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod fetcher;
 pub mod node;
+mod notify;
 #[doc(hidden)]
 pub mod proto;
 mod service;
