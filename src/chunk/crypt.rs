@@ -88,7 +88,7 @@ pub fn new_identity() -> age::x25519::Identity {
     age::x25519::Identity::generate()
 }
 
-/// Reads an age identity file written by [`write_identity`].
+/// Reads an age identity file (the text of [`identity_text`], as `keibi init` writes it).
 ///
 /// # Errors
 /// Unreadable file or not an age X25519 identity.

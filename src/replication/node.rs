@@ -3,7 +3,7 @@
 //!
 //! A session dials the peer, says Hello (learning the peer's store index id and how far it
 //! has applied this store's changes), registers the connection with the fetcher, then runs
-//! the notify worker ([`super::notify`]) from that point. A failed call ends the session;
+//! the notify worker (`notify.rs`) from that point. A failed call ends the session;
 //! the peer is dialled again with exponential backoff and the session starts over from the
 //! peer's acknowledged sequence (catch-up).
 
