@@ -13,6 +13,7 @@
 
 pub mod crypt;
 pub mod frame;
+mod gc;
 pub mod pieces;
 
 use std::collections::HashSet;
@@ -496,61 +497,6 @@ impl ChunkStore {
         self.cache.lock().contains(id)
     }
 
-    /// Starts gc protection: from now on every written or referenced chunk is protected.
-    /// False when a gc run is already active.
-    #[must_use]
-    pub fn gc_begin(&self) -> bool {
-        let mut gc = self.gc.lock();
-        if gc.active {
-            return false;
-        }
-        gc.active = true;
-        gc.overrun = false;
-        gc.protected.clear();
-        true
-    }
-
-    /// Ends gc protection.
-    pub fn gc_end(&self) {
-        let mut gc = self.gc.lock();
-        gc.active = false;
-        gc.protected = HashSet::new();
-    }
-
-    /// Deletes those of `ids` that no writer protected since [`Self::gc_begin`], atomically
-    /// with respect to writers; returns the ids deleted.
-    ///
-    /// # Errors
-    /// [`Error::GcOverrun`]; store errors.
-    pub fn gc_delete(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, Error> {
-        let gc = self.gc.lock();
-        if gc.overrun {
-            return Err(Error::GcOverrun);
-        }
-        let doomed: Vec<ChunkId> = ids
-            .iter()
-            .filter(|id| !gc.protected.contains(id))
-            .copied()
-            .collect();
-        let mut batch = Batch::new();
-        for id in &doomed {
-            batch.delete(Cf::Chunks, id.0.to_vec());
-            // The parts of a frame stored in parts (absent keys cost a tombstone each).
-            for piece in 0..PIECES_PER_CHUNK_MAX {
-                let piece = u8::try_from(piece).unwrap_or(u8::MAX);
-                batch.delete(Cf::Chunks, keys::chunk_piece(id, piece).to_vec());
-            }
-            batch.delete(Cf::ChunkIndex, id.0.to_vec());
-        }
-        self.backend.write(batch, Durability::Buffered)?;
-        drop(gc);
-        let mut cache = self.cache.lock();
-        for id in &doomed {
-            cache.pop(id);
-        }
-        Ok(doomed)
-    }
-
     /// Stores `data`, which a peer sent for chunk `id` and which was checked against `id`
     /// (`cvs` are its pieces' chaining values), in place of whatever frame the store has
     /// for it: a damaged frame, or none (`keibi verify --repair`). The old head and every
@@ -571,11 +517,7 @@ impl ChunkStore {
         let stored =
             u32::try_from(frame.len()).map_err(|_| Error::Codec("frame too large".into()))?;
         let mut batch = Batch::new();
-        batch.delete(Cf::Chunks, id.0.to_vec());
-        for piece in 0..PIECES_PER_CHUNK_MAX {
-            let piece = u8::try_from(piece).unwrap_or(u8::MAX);
-            batch.delete(Cf::Chunks, keys::chunk_piece(&id, piece).to_vec());
-        }
+        delete_frame(&mut batch, &id);
         put_frame(&mut batch, &id, frame);
         batch.put(
             Cf::ChunkIndex,
@@ -597,6 +539,16 @@ impl ChunkStore {
             self.put_with_id(id, &vec![0u8; len.min(CHUNK_BYTES)])?;
         }
         Ok(id)
+    }
+}
+
+/// Adds the deletion of `id`'s stored frame to `batch`: the head, and every piece key a
+/// frame stored in parts may have (absent keys cost a tombstone each).
+fn delete_frame(batch: &mut Batch, id: &ChunkId) {
+    batch.delete(Cf::Chunks, id.0.to_vec());
+    for piece in 0..PIECES_PER_CHUNK_MAX {
+        let piece = u8::try_from(piece).unwrap_or(u8::MAX);
+        batch.delete(Cf::Chunks, keys::chunk_piece(id, piece).to_vec());
     }
 }
 
