@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use keibi::home::{Home, InitOptions};
 use keibi::id::ROOT_INO;
 use keibi::limits::CHUNK_BYTES;
 use keibi::replication::config::{Config, Peer as PeerConf};
@@ -40,11 +39,7 @@ impl Peer {
             std::env::var_os("KEIBI_BENCH_DIR").unwrap_or_else(|| "/var/tmp".into()),
         )
         .expect("tempdir");
-        let home = Home::new(dir.path());
-        home.init(InitOptions { encrypt: true }).expect("init");
-        let identity = Identity::load(&home).expect("identity");
-        let store = home.open().expect("open");
-        let vfs = Arc::new(Vfs::new(store.tables, store.chunks, dir.path()).expect("vfs"));
+        let (identity, vfs) = keibi::testing::peer_home(dir.path()).expect("a new home");
         Self {
             _dir: dir,
             vfs,

@@ -167,6 +167,20 @@ pub fn rocks(home: &Path) -> Result<Fixture, BoxError> {
     })
 }
 
+/// A new encrypted home in `dir`, for a replicating peer: its identity, and a vfs over its
+/// store.
+///
+/// # Errors
+/// Setup failures.
+pub fn peer_home(dir: &Path) -> Result<(crate::replication::tls::Identity, Arc<Vfs>), BoxError> {
+    let home = Home::new(dir);
+    home.init(InitOptions { encrypt: true })?;
+    let identity = crate::replication::tls::Identity::load(&home)?;
+    let store = home.open()?;
+    let vfs = Arc::new(Vfs::new(store.tables, store.chunks, dir)?);
+    Ok((identity, vfs))
+}
+
 /// Writes `data` as a new file `name` in `parent` in 1 MiB writes, closes it.
 ///
 /// # Errors

@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use keibi::home::{Home, InitOptions};
 use keibi::id::{DeviceId, ROOT_INO};
 use keibi::replication::config::{Config, Peer as PeerConf};
 use keibi::replication::tls::Identity;
 use keibi::replication::{Replication, Status};
-use keibi::testing::{ME, free_port, put_file, read_all, snapshot, wait_until};
+use keibi::testing::{ME, free_port, peer_home, put_file, read_all, snapshot, wait_until};
 use keibi::tree::Kind;
 use keibi::vfs::{OpenFlags, RenameMode, Vfs};
 
@@ -26,11 +25,7 @@ pub struct Peer {
 impl Peer {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let home = Home::new(dir.path());
-        home.init(InitOptions { encrypt: true }).expect("init");
-        let identity = Identity::load(&home).expect("identity");
-        let store = home.open().expect("open");
-        let vfs = Arc::new(Vfs::new(store.tables, store.chunks, dir.path()).expect("vfs"));
+        let (identity, vfs) = peer_home(dir.path()).expect("a new home");
         Self {
             _dir: dir,
             vfs,
