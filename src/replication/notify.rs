@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::id::{DeviceId, FileId};
 use crate::limits::{
-    NOTIFY_DEBOUNCE_MS, NOTIFY_DELAY_MAX_MS, NOTIFY_HELD_RECORDS_MAX, NOTIFY_POLL_MS,
-    NOTIFY_SCAN_RECORDS_MAX, WIRE_ANNOUNCE_CHUNKS_MAX, WIRE_BATCH_BYTES_MAX,
+    ANNOUNCED_CHUNKS_KEPT_MAX, NOTIFY_DEBOUNCE_MS, NOTIFY_DELAY_MAX_MS, NOTIFY_HELD_RECORDS_MAX,
+    NOTIFY_POLL_MS, NOTIFY_SCAN_RECORDS_MAX, WIRE_ANNOUNCE_CHUNKS_MAX, WIRE_BATCH_BYTES_MAX,
     WIRE_BATCH_RECORDS_MAX,
 };
 use crate::tree::{FileRecord, Kind, Timestamp};
@@ -110,7 +110,9 @@ impl Sender {
         let Some(mut cursor) = self.announced else {
             return;
         };
-        loop {
+        // At most the ring's worth per call, so a writer that keeps storing chunks does not
+        // hold back the round.
+        for _ in 0..ANNOUNCED_CHUNKS_KEPT_MAX.div_ceil(WIRE_ANNOUNCE_CHUNKS_MAX) {
             let (ids, next) = self
                 .node
                 .vfs
