@@ -187,7 +187,9 @@ impl Fetcher {
             }
             if q.announced.len() >= FETCH_ANNOUNCED_CHUNKS_MAX
                 && let Some((_, old)) = q.announced.pop_front()
+                && !q.in_flight.contains(&old)
             {
+                // (An id in flight stays a hint: a stale entry of an id announced again.)
                 q.speculative.remove(&old);
             }
             q.speculative.insert(id);
@@ -501,5 +503,60 @@ impl Fetcher {
         for id in open {
             self.finish(id, &Err(leftover.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetcher() -> Arc<Fetcher> {
+        let fixture = crate::testing::mem().expect("store");
+        Fetcher::new(Arc::new(fixture.vfs))
+    }
+
+    fn id(n: u64) -> ChunkId {
+        ChunkId::of(&n.to_le_bytes())
+    }
+
+    #[test]
+    fn announced_chunks_are_hints_until_a_record_asks_for_them() {
+        let f = fetcher();
+        let (a, b) = (DeviceId([1; 32]), DeviceId([2; 32]));
+        assert_eq!(f.announce(a, [id(0), id(1), id(2)]), 3);
+        assert_eq!(f.announce(a, [id(0)]), 0, "announced twice");
+        assert_eq!(f.pending(), (0, 0), "hints are not missing chunks");
+        // Only the announcer is asked for them.
+        assert!(f.next_ids(b, &[a, b]).is_empty());
+        assert_eq!(f.next_ids(a, &[a, b]), vec![id(0), id(1), id(2)]);
+        // A hint that fails is dropped: no retry, no error.
+        f.finish(id(0), &Err("stream broke".into()));
+        f.finish_lacking(id(1), a, &[a, b]);
+        assert_eq!(f.stats.errors.load(Ordering::SeqCst), 0);
+        assert!(f.last_error().is_none());
+        // A record asks for one in flight: its failure is then retried.
+        f.enqueue([id(2)]);
+        f.finish(id(2), &Err("stream broke".into()));
+        assert_eq!(
+            f.pending(),
+            (1, 0),
+            "a wanted chunk that failed waits for a retry"
+        );
+        assert!(f.last_error().is_some());
+    }
+
+    #[test]
+    fn the_announced_queue_is_bounded_and_keeps_the_newest() {
+        let f = fetcher();
+        let a = DeviceId([1; 32]);
+        let n = FETCH_ANNOUNCED_CHUNKS_MAX as u64;
+        assert_eq!(
+            f.announce(a, (0..n + 10).map(id)),
+            FETCH_ANNOUNCED_CHUNKS_MAX + 10
+        );
+        let q = f.queue.lock();
+        assert_eq!(q.announced.len(), FETCH_ANNOUNCED_CHUNKS_MAX);
+        assert_eq!(q.speculative.len(), FETCH_ANNOUNCED_CHUNKS_MAX);
+        assert_eq!(q.announced.front().map(|e| e.1), Some(id(10)));
     }
 }
