@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! HOME/store/        RocksDB database (see schema/)
+//! HOME/store.reserve 16 MiB set aside, given back when a full disk stops the store opening
 //! HOME/identity.txt  age identity that wraps the data key (0600)
 //! HOME/datakey.age   the store's data key, wrapped with age (absent without encryption)
 //! HOME/peer.key      the peer's private key, PKCS#8 PEM (0600)

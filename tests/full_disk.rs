@@ -1,7 +1,9 @@
 //! A full disk: the commit that cannot be stored fails with `NoSpace`, and nothing written is
 //! lost: the data stays staged and reads back. Runs on a small tmpfs it mounts itself (needs
 //! root); skipped, with the reason printed, where it cannot mount. The store work runs in a
-//! child process so that the tmpfs is unmounted whatever happens to it.
+//! child process so that the tmpfs is unmounted whatever happens to it. A store whose disk
+//! filled up opens again: RocksDB's recovery needs room for a table, which the reserve file
+//! beside the store gives back.
 #![expect(
     clippy::expect_used,
     reason = "test helpers fail loudly on setup errors"
@@ -11,10 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use keibi::id::ROOT_INO;
+use keibi::store::rocks::RocksBackend;
+use keibi::store::{Backend, Batch, Cf, Durability};
 use keibi::testing::{self, ME, noise};
 use keibi::vfs::{Error, OpenFlags};
 
 const CHILD_ENV: &str = "KEIBI_TEST_FULL_DISK_DIR";
+const REOPEN_CHILD_ENV: &str = "KEIBI_TEST_FULL_DISK_REOPEN_DIR";
 
 /// Unmounts the tmpfs in every outcome.
 struct Tmpfs(PathBuf);
@@ -110,6 +115,68 @@ fn a_full_disk_fails_the_commit_and_loses_nothing() {
     assert!(
         out.status.success(),
         "the full-disk run failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The child's part: logged writes the database has not flushed, a disk filled to the last
+/// byte by something else, then the store opened again.
+fn fill_then_reopen(dir: &Path) {
+    let path = dir.join("store");
+    let values: Vec<(Vec<u8>, Vec<u8>)> = (0..512u32)
+        .map(|i| (i.to_be_bytes().to_vec(), noise(4096, u64::from(i))))
+        .collect();
+    {
+        let db = RocksBackend::open(&path, true).expect("create");
+        let mut batch = Batch::new();
+        for (k, v) in &values {
+            batch.put(Cf::Meta, k.clone(), v.clone());
+        }
+        // In the write-ahead log and the memtable only: recovery writes it into a table.
+        db.write(batch, Durability::Buffered).expect("write");
+    }
+    assert!(
+        dir.join("store.reserve").exists(),
+        "no reserve beside the store"
+    );
+    let filler = noise(1 << 20, 9);
+    let mut f = std::fs::File::create(dir.join("filler")).expect("filler");
+    let full = (0..1024).find_map(|_| std::io::Write::write_all(&mut f, &filler).err());
+    assert!(full.is_some(), "the tmpfs never filled up");
+    drop(f);
+    let db = RocksBackend::open(&path, false).expect("a store on a full disk opens again");
+    for (k, v) in &values {
+        assert_eq!(db.get(Cf::Meta, k).expect("get").as_ref(), Some(v));
+    }
+}
+
+#[test]
+fn a_store_whose_disk_filled_up_opens_again() {
+    if let Some(dir) = std::env::var_os(REOPEN_CHILD_ENV) {
+        fill_then_reopen(&PathBuf::from(dir));
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(_fs) = Tmpfs::mount(dir.path(), "48m") else {
+        eprintln!(
+            "skipped: cannot mount a tmpfs here (needs root): reopening a full store untested"
+        );
+        return;
+    };
+    let out = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "a_store_whose_disk_filled_up_opens_again",
+            "--nocapture",
+        ])
+        .env(REOPEN_CHILD_ENV, dir.path())
+        .output()
+        .expect("run child");
+    assert!(
+        out.status.success(),
+        "reopening a full store failed ({}):\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)

@@ -36,6 +36,11 @@ const MEMTABLES_TOTAL_BYTES: usize = 96 * 1024 * 1024;
 const BLOCK_CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Background flush and compaction threads.
 const BACKGROUND_JOBS: i32 = 4;
+/// Bytes set aside beside the database (the reserve file, `store.reserve`) and given back
+/// when opening fails for lack of space: RocksDB writes the log it recovers into a table
+/// before it opens, so a store whose disk filled up could not otherwise be opened again
+/// (to delete files and run gc). Set aside again at the next open that has room.
+const RESERVE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A keibi store in a RocksDB database directory.
 pub struct RocksBackend {
@@ -112,11 +117,43 @@ fn map_err(path: &Path, e: &rocksdb::Error) -> Error {
     }
 }
 
+/// The reserve file of the database at `path` ([`RESERVE_BYTES`]).
+fn reserve_path(path: &Path) -> PathBuf {
+    path.with_extension("reserve")
+}
+
+/// Writes the reserve file unless it is there; on a disk without room for it, logs that
+/// and goes on without.
+fn set_reserve_aside(path: &Path) {
+    use std::io::Write;
+    let reserve = reserve_path(path);
+    if std::fs::metadata(&reserve).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+        return;
+    }
+    let written = (|| {
+        let mut f = std::fs::File::create(&reserve)?;
+        let block = vec![0u8; 1024 * 1024];
+        for _ in 0..RESERVE_BYTES / block.len() as u64 {
+            f.write_all(&block)?;
+        }
+        f.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&reserve);
+        tracing::warn!(
+            "no room to set {} MiB aside beside {}: {e}",
+            RESERVE_BYTES >> 20,
+            path.display()
+        );
+    }
+}
+
 impl RocksBackend {
     /// Opens (creating if `create`) the database at `path` with every keibi column family.
     ///
     /// # Errors
-    /// [`Error::Locked`] when another process has it open; damaged files; I/O errors.
+    /// [`Error::Locked`] when another process has it open; damaged files; I/O errors;
+    /// [`Error::NoSpace`] when the disk is full even with the reserve given back.
     pub fn open(path: &Path, create: bool) -> Result<Self> {
         let mut db_opts = Options::default();
         db_opts.create_if_missing(create);
@@ -137,11 +174,23 @@ impl RocksBackend {
         db_opts.set_bytes_per_sync(BYTES_PER_SYNC);
         let cache =
             rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(|e| map_err(path, &e))?;
-        let descriptors = Cf::ALL
-            .iter()
-            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
-        let db =
-            DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| map_err(path, &e))?;
+        let open = || {
+            let descriptors = Cf::ALL
+                .iter()
+                .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
+            DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| map_err(path, &e))
+        };
+        let db = match open() {
+            Err(Error::NoSpace(why)) if std::fs::remove_file(reserve_path(path)).is_ok() => {
+                tracing::warn!(
+                    "the disk holding {} is full ({why}): opening it with the space set aside",
+                    path.display()
+                );
+                open()?
+            }
+            other => other?,
+        };
+        set_reserve_aside(path);
         Ok(Self {
             db,
             path: path.to_path_buf(),
