@@ -4,6 +4,7 @@
 use fuser::Errno;
 
 use crate::vfs::Error;
+use crate::{chunk, store};
 
 /// The errno a kernel request fails with for `e`.
 #[must_use]
@@ -19,7 +20,11 @@ pub fn of(e: &Error) -> Errno {
         Error::NotPermitted(_) => Errno::EPERM,
         Error::BadHandle => Errno::EBADF,
         Error::TooBig => Errno::EFBIG,
-        Error::NoSpace(_) => Errno::ENOSPC,
+        // A full disk met below the vfs too (an unlink's or a chunk's write).
+        Error::NoSpace(_) | Error::Store(store::Error::NoSpace(_)) => Errno::ENOSPC,
+        Error::Chunk(c) if matches!(**c, chunk::Error::Store(store::Error::NoSpace(_))) => {
+            Errno::ENOSPC
+        }
         Error::Chunk(_) | Error::Store(_) => Errno::EIO,
     }
 }
@@ -29,7 +34,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{chunk, store};
 
     #[test]
     fn every_error_has_its_posix_errno() {
@@ -52,6 +56,16 @@ mod tests {
                 Errno::EIO,
             ),
             (Error::Store(store::Error::Io("disk".into())), Errno::EIO),
+            (
+                Error::Store(store::Error::NoSpace("full".into())),
+                Errno::ENOSPC,
+            ),
+            (
+                Error::Chunk(Arc::new(chunk::Error::Store(store::Error::NoSpace(
+                    "full".into(),
+                )))),
+                Errno::ENOSPC,
+            ),
         ];
         for (e, want) in cases {
             assert_eq!(of(&e), want, "{e}");
