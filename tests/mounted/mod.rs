@@ -272,5 +272,10 @@ impl Drop for Mount {
             let _ = child.wait();
         }
         drop(self.dirs.take());
+        // The log lies beside the home, outside its temporary directory; a failing test
+        // keeps it (its messages quote it).
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
