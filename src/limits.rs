@@ -188,7 +188,7 @@ pub const FETCH_BYTES_IN_FLIGHT_MAX: usize =
 /// Chunk ids queued for fetching; past this the fetcher rescans the tree when it runs dry.
 pub const FETCH_QUEUE_CHUNKS_MAX: usize = 65_536;
 /// Announced chunks (those a peer sealed for a file it is still writing) queued for
-/// fetching ahead of the file's record; past this, new announcements are dropped.
+/// fetching ahead of the file's record; past this, the oldest are dropped to make room.
 pub const FETCH_ANNOUNCED_CHUNKS_MAX: usize = 4096;
 /// How long a read of a chunk not yet fetched waits for it before failing with EIO, in
 /// milliseconds.

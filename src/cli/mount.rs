@@ -264,23 +264,20 @@ fn live_handler(
                 };
                 let report = verify();
                 match (repair, replication.as_ref()) {
-                    (false, _) => super::verify::render(&report, json)
-                        .map(|out| (super::verify::exit_code(&report), out)),
-                    (true, Some(_)) if report.refetch.is_empty() => {
-                        super::verify::render(&report, json)
-                            .map(|out| (super::verify::exit_code(&report), out))
-                    }
                     (true, None) => Err(anyhow::anyhow!(
                         "--repair fetches chunks from peers, and this mount has none (start it \
                          with --peer)"
                     )),
-                    (true, Some(r)) => {
+                    (true, Some(r)) if !report.refetch.is_empty() => {
                         let done = r.repair(&report.refetch);
                         // What is left after the repair decides the exit code.
                         let after = verify();
                         super::verify::render_repaired(&report, &done, &after, json)
                             .map(|out| (super::verify::exit_code(&after), out))
                     }
+                    // No repair asked, or nothing to fetch.
+                    _ => super::verify::render(&report, json)
+                        .map(|out| (super::verify::exit_code(&report), out)),
                 }
             }
         };
