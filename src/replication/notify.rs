@@ -134,7 +134,11 @@ impl Sender {
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!("Announce to {}: {}", self.device, e.message());
+                    // Shown in status; these chunks go unannounced (their records still go).
+                    let why = format!("Announce: {}", e.message());
+                    tracing::warn!("peer {}: {why}", self.device);
+                    self.node
+                        .with_peer(&self.device, |p| p.last_error = Some(why));
                     break;
                 }
             }
