@@ -19,7 +19,6 @@ use keibi::testing::{self, ME, noise};
 use keibi::vfs::{Error, OpenFlags};
 
 const CHILD_ENV: &str = "KEIBI_TEST_FULL_DISK_DIR";
-const REOPEN_CHILD_ENV: &str = "KEIBI_TEST_FULL_DISK_REOPEN_DIR";
 
 /// Unmounts the tmpfs in every outcome.
 struct Tmpfs(PathBuf);
@@ -92,32 +91,39 @@ fn fill_disk(home: &Path) {
     );
 }
 
-#[test]
-fn a_full_disk_fails_the_commit_and_loses_nothing() {
+/// Runs `child` on a fresh 48 MiB tmpfs, in a child process that runs only `test` (this test
+/// binary again), so that the tmpfs is unmounted whatever happens to the store. Skipped,
+/// saying what goes `untested`, where no tmpfs can be mounted.
+fn on_a_small_tmpfs(test: &str, untested: &str, child: fn(&Path)) {
     if let Some(dir) = std::env::var_os(CHILD_ENV) {
-        fill_disk(&PathBuf::from(dir).join("home"));
+        child(Path::new(&dir));
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(_fs) = Tmpfs::mount(dir.path(), "48m") else {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root): full-disk behaviour untested");
+        eprintln!("skipped: cannot mount a tmpfs here (needs root): {untested} untested");
         return;
     };
     let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "a_full_disk_fails_the_commit_and_loses_nothing",
-            "--nocapture",
-        ])
+        .args(["--exact", test, "--nocapture"])
         .env(CHILD_ENV, dir.path())
         .output()
         .expect("run child");
     assert!(
         out.status.success(),
-        "the full-disk run failed ({}):\n{}{}",
+        "{test} failed in its child ({}):\n{}{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_full_disk_fails_the_commit_and_loses_nothing() {
+    on_a_small_tmpfs(
+        "a_full_disk_fails_the_commit_and_loses_nothing",
+        "full-disk behaviour",
+        |dir| fill_disk(&dir.join("home")),
     );
 }
 
@@ -154,31 +160,9 @@ fn fill_then_reopen(dir: &Path) {
 
 #[test]
 fn a_store_whose_disk_filled_up_opens_again() {
-    if let Some(dir) = std::env::var_os(REOPEN_CHILD_ENV) {
-        fill_then_reopen(&PathBuf::from(dir));
-        return;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let Some(_fs) = Tmpfs::mount(dir.path(), "48m") else {
-        eprintln!(
-            "skipped: cannot mount a tmpfs here (needs root): reopening a full store untested"
-        );
-        return;
-    };
-    let out = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "a_store_whose_disk_filled_up_opens_again",
-            "--nocapture",
-        ])
-        .env(REOPEN_CHILD_ENV, dir.path())
-        .output()
-        .expect("run child");
-    assert!(
-        out.status.success(),
-        "reopening a full store failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    on_a_small_tmpfs(
+        "a_store_whose_disk_filled_up_opens_again",
+        "reopening a full store",
+        fill_then_reopen,
     );
 }

@@ -389,6 +389,17 @@ fn git_clone_with_lfs_on_one_mount_status_and_commit_on_the_other() {
     );
 }
 
+/// Writes `data` to `name` on A and waits until B's mount reads it back whole.
+fn write_and_wait(a: &Mount, b: &Mount, name: &str, data: &[u8]) {
+    std::fs::write(a.path().join(name), data).expect("write");
+    assert!(
+        wait_until(30, || std::fs::read(b.path().join(name))
+            .is_ok_and(|d| d == data)),
+        "{name} never arrived on B: {}",
+        b.log_text()
+    );
+}
+
 #[test]
 fn chunks_fetched_before_a_kill_are_still_there_without_any_peer() {
     if !fuse_available("fetched chunks survive a kill") {
@@ -402,13 +413,7 @@ fn chunks_fetched_before_a_kill_are_still_there_without_any_peer() {
         ..
     } = pair();
     let data = keibi::testing::noise(5 << 20, 7);
-    std::fs::write(a.path().join("fetched.bin"), &data).expect("write");
-    assert!(
-        wait_until(30, || std::fs::read(b.path().join("fetched.bin"))
-            .is_ok_and(|d| d == data)),
-        "fetched.bin never arrived on B: {}",
-        b.log_text()
-    );
+    write_and_wait(&a, &b, "fetched.bin", &data);
     // Fetched chunks skip the write-ahead log; the fetcher persists them once its queue
     // has been dry for a moment, and status says when it has.
     assert!(
@@ -448,13 +453,7 @@ fn verify_repair_on_a_mount_fetches_a_damaged_chunk_from_the_peer() {
         b_args,
     } = pair();
     let data = keibi::testing::noise(3 << 20, 8);
-    std::fs::write(a.path().join("f.bin"), &data).expect("write");
-    assert!(
-        wait_until(30, || std::fs::read(b.path().join("f.bin"))
-            .is_ok_and(|d| d == data)),
-        "f.bin never arrived on B: {}",
-        b.log_text()
-    );
+    write_and_wait(&a, &b, "f.bin", &data);
     b.stop();
     // Damage one piece of one chunk in B's store while it is not mounted.
     {
