@@ -11,12 +11,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use keibi::id::ROOT_INO;
 use keibi::store::rocks::RocksBackend;
 use keibi::store::{Backend, Batch, Cf, Durability};
 use keibi::testing::{self, ME, noise};
-use keibi::vfs::{Error, OpenFlags};
+use keibi::vfs::{Error, OpenFlags, Vfs};
 
 const CHILD_ENV: &str = "KEIBI_TEST_FULL_DISK_DIR";
 
@@ -40,6 +41,22 @@ impl Drop for Tmpfs {
     }
 }
 
+/// Writes `data` to `fh` in 1 MiB pieces and fsyncs, until the disk is full: how much went
+/// through before the error.
+fn write_until_full(vfs: &Vfs, fh: u64, data: &[u8]) -> (usize, Error) {
+    let mut written = 0;
+    for piece in data.chunks(1 << 20) {
+        match vfs.write(fh, written as u64, piece) {
+            Ok(_) => written += piece.len(),
+            Err(e) => return (written, e),
+        }
+    }
+    let e = vfs
+        .fsync(fh)
+        .expect_err("the data is larger than the free space");
+    (written, e)
+}
+
 /// The child's part: fill the disk through the vfs and check what comes back.
 fn fill_disk(home: &Path) {
     let fx = testing::rocks(home).expect("fixture");
@@ -48,24 +65,7 @@ fn fill_disk(home: &Path) {
         .create(ROOT_INO, b"big", 0o644, ME, OpenFlags::default())
         .expect("create");
     let data = noise(96 << 20, 3);
-    let mut written = 0usize;
-    let mut failure = None;
-    for piece in data.chunks(1 << 20) {
-        match fx.vfs.write(fh, written as u64, piece) {
-            Ok(_) => written += piece.len(),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    let failure = match failure {
-        Some(e) => e,
-        None => fx
-            .vfs
-            .fsync(fh)
-            .expect_err("96 MiB cannot fit in a 48 MiB filesystem"),
-    };
+    let (written, failure) = write_until_full(&fx.vfs, fh, &data);
     assert!(
         matches!(
             failure,
@@ -95,12 +95,17 @@ fn fill_disk(home: &Path) {
 /// binary again), so that the tmpfs is unmounted whatever happens to the store. Skipped,
 /// saying what goes `untested`, where no tmpfs can be mounted.
 fn on_a_small_tmpfs(test: &str, untested: &str, child: fn(&Path)) {
+    on_a_tmpfs(test, "48m", untested, child);
+}
+
+/// [`on_a_small_tmpfs`] with a tmpfs of `size`.
+fn on_a_tmpfs(test: &str, size: &str, untested: &str, child: fn(&Path)) {
     if let Some(dir) = std::env::var_os(CHILD_ENV) {
         child(Path::new(&dir));
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let Some(_fs) = Tmpfs::mount(dir.path(), "48m") else {
+    let Some(_fs) = Tmpfs::mount(dir.path(), size) else {
         eprintln!("skipped: cannot mount a tmpfs here (needs root): {untested} untested");
         return;
     };
@@ -164,5 +169,62 @@ fn a_store_whose_disk_filled_up_opens_again() {
         "a_store_whose_disk_filled_up_opens_again",
         "reopening a full store",
         fill_then_reopen,
+    );
+}
+
+/// The child's part: a disk filled by the store's own writes, then space given back by
+/// something else. RocksDB resumes on its own once enough is free (it polls every 5 s), so
+/// the failed commit goes through when tried again, without a restart, and nothing written
+/// before the disk filled is lost.
+fn fill_free_then_write(dir: &Path) {
+    let ballast = dir.join("ballast");
+    std::fs::write(&ballast, noise(200 << 20, 5)).expect("ballast");
+    let fx = testing::rocks(&dir.join("home")).expect("fixture");
+    let (attr, fh) = fx
+        .vfs
+        .create(ROOT_INO, b"big", 0o644, ME, OpenFlags::default())
+        .expect("create");
+    let data = noise(96 << 20, 3);
+    let (written, _) = write_until_full(&fx.vfs, fh, &data);
+    std::fs::remove_file(&ballast).expect("remove ballast");
+    let start = Instant::now();
+    let resumed = loop {
+        let r = fx
+            .vfs
+            .write(fh, written as u64, &data[written..])
+            .and_then(|_| fx.vfs.fsync(fh));
+        match r {
+            Ok(()) => break Ok(start.elapsed()),
+            Err(e) if start.elapsed() > Duration::from_secs(30) => break Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    };
+    let took = resumed.expect("the commit goes through within 30 s of freeing space");
+    eprintln!("the store took writes again {took:?} after space was freed");
+    fx.vfs.release(fh).expect("release");
+    assert_eq!(
+        fx.vfs.getattr(attr.ino).expect("getattr").size,
+        data.len() as u64
+    );
+    let fh = fx.vfs.open(attr.ino, OpenFlags::default()).expect("open");
+    let mut back = Vec::with_capacity(data.len());
+    while back.len() < data.len() {
+        let part = fx.vfs.read(fh, back.len() as u64, 1 << 20).expect("read");
+        assert!(!part.is_empty(), "short file");
+        back.extend_from_slice(&part);
+    }
+    assert!(
+        back == data,
+        "the file reads back whole after the disk filled and emptied"
+    );
+}
+
+#[test]
+fn a_store_takes_writes_again_once_space_is_freed() {
+    on_a_tmpfs(
+        "a_store_takes_writes_again_once_space_is_freed",
+        "256m",
+        "resuming after a full disk",
+        fill_free_then_write,
     );
 }

@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use keibi::testing::noise;
 use mounted::{Mount, fuse_available, keibi};
@@ -495,7 +495,7 @@ fn a_full_disk_fails_the_writer_with_enospc_and_loses_nothing_committed() {
     let home = tempfile::tempdir().expect("home");
     let mnt = tempfile::tempdir().expect("mnt");
     let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", "size=260m", "tmpfs"])
         .arg(home.path())
         .status()
         .is_ok_and(|s| s.success());
@@ -504,12 +504,15 @@ fn a_full_disk_fails_the_writer_with_enospc_and_loses_nothing_committed() {
         return;
     }
     let _tmpfs = Tmpfs(home.path().to_path_buf());
+    // Something else on the same disk, removed once the disk is full.
+    let ballast = home.path().join("ballast");
+    fs::write(&ballast, noise(200 << 20, 20)).expect("ballast");
     let mut m = Mount::at(home.path(), mnt.path());
     let keep = noise(1_500_000, 21);
     fs::write(m.path().join("keep"), &keep).expect("write keep");
 
-    // 160 MiB of incompressible data into a 64 MiB store: a write, or at the latest the
-    // fsync, fails with ENOSPC; never EIO, never a silent success.
+    // 160 MiB (80 MiB of distinct chunks) into 60 MiB of free space: a write, or at the latest
+    // the fsync, fails with ENOSPC; never EIO, never a silent success.
     let mut f = File::create(m.path().join("big")).expect("create big");
     let piece = noise(1 << 20, 22);
     let mut failure = None;
@@ -533,11 +536,33 @@ fn a_full_disk_fails_the_writer_with_enospc_and_loses_nothing_committed() {
     if let Err(e) = fs::remove_file(m.path().join("big")) {
         assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
     }
-    // Unmounting may report that staged data could not be committed; it must end.
+
+    // Space given back on the disk: the same mount takes changes again, with no restart.
+    fs::remove_file(&ballast).expect("remove ballast");
+    let after = noise(700_000, 23);
+    let start = Instant::now();
+    let resumed = loop {
+        let r = File::create(m.path().join("after"))
+            .and_then(|mut f| f.write_all(&after).and_then(|()| f.sync_all()));
+        match r {
+            Ok(()) => break Ok(()),
+            Err(e) if start.elapsed() > Duration::from_secs(60) => break Err(e),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    };
+    resumed.expect("the mount takes writes within 60 s of space coming back");
+    eprintln!("writes resumed {:?} after space came back", start.elapsed());
+    if m.path().join("big").exists() {
+        fs::remove_file(m.path().join("big")).expect("remove big once there is room");
+    }
     m.signal(nix::sys::signal::Signal::SIGTERM);
 
     let m = Mount::at(home.path(), mnt.path());
     assert_file(&m.path().join("keep"), &keep);
+    assert_file(&m.path().join("after"), &after);
     m.stop();
     let (code, out, err) = keibi(home.path(), &["verify"]);
     assert_eq!(code, 0, "{out}{err}");

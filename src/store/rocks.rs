@@ -175,9 +175,18 @@ impl RocksBackend {
         let cache =
             rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES).map_err(|e| map_err(path, &e))?;
         let open = || {
+            // RocksDB's own column family, unused. Left at its default 64 MiB memtable, that
+            // would be the free space RocksDB waits for before it resumes writes after a full
+            // disk (the largest memtable of any column family).
+            let mut default = Options::default();
+            default.set_write_buffer_size(META_MEMTABLE_BYTES);
             let descriptors = Cf::ALL
                 .iter()
-                .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
+                .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)))
+                .chain([ColumnFamilyDescriptor::new(
+                    rocksdb::DEFAULT_COLUMN_FAMILY_NAME,
+                    default,
+                )]);
             DB::open_cf_descriptors(&db_opts, path, descriptors).map_err(|e| map_err(path, &e))
         };
         let db = match open() {
