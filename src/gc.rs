@@ -4,7 +4,9 @@
 //! referenced from then on is kept), marks every chunk referenced by a record (tombstones
 //! of files still open included) or by staged data, and lists the rest. Printing the plan is
 //! `--dry-run`; [`GcPlan::execute`] deletes in bounded batches and compacts so that the disk
-//! space is freed. Any read error during the mark aborts the run: a chunk is never deleted
+//! space is freed. The plan also lists orphans: chunk frames without an index entry (left
+//! by a crash or a full disk between the two flushes of chunks written unlogged) that no
+//! record references; gc deletes them like unreferenced chunks. Any read error during the mark aborts the run: a chunk is never deleted
 //! on the strength of an incomplete mark. No tasks are spawned.
 
 use std::collections::HashSet;
@@ -15,7 +17,7 @@ use serde::Serialize;
 use crate::chunk::{self, ChunkStore};
 use crate::id::ChunkId;
 use crate::limits::GC_DELETE_BATCH_CHUNKS;
-use crate::store::{self, Cf, keys};
+use crate::store::{self, Cf, Skim, keys};
 use crate::tree::FileRecord;
 
 /// Errors of a gc run.
@@ -44,6 +46,8 @@ pub struct GcPlan<'a> {
     pub stored_chunks: u64,
     /// Chunks to delete, with their stored sizes.
     pub doomed: Vec<(ChunkId, u64)>,
+    /// Frames without an index entry that no record references, to delete too.
+    pub orphans: Vec<ChunkId>,
 }
 
 /// What a gc run did.
@@ -53,6 +57,8 @@ pub struct GcReport {
     pub deleted_chunks: u64,
     /// Stored bytes of the deleted chunks.
     pub deleted_bytes: u64,
+    /// Frames without an index entry deleted.
+    pub deleted_orphans: u64,
     /// Chunks kept because a writer used them during the run.
     pub kept_in_use: u64,
     /// Disk bytes of the chunk store before the run.
@@ -79,6 +85,7 @@ impl<'a> GcPlan<'a> {
             live_chunks: 0,
             stored_chunks: 0,
             doomed: Vec::new(),
+            orphans: Vec::new(),
         };
         let mut live: HashSet<ChunkId> = staged().into_iter().collect();
         let backend = chunks.backend();
@@ -108,6 +115,8 @@ impl<'a> GcPlan<'a> {
             return Err(Error::MarkFailed(b));
         }
         plan.live_chunks = live.len() as u64;
+        // Index keys come in order: the orphan pass below walks frames in the same order.
+        let mut indexed: Vec<ChunkId> = Vec::new();
         backend
             .scan(Cf::ChunkIndex, &[], None, &mut |k, v| {
                 plan.stored_chunks += 1;
@@ -116,6 +125,7 @@ impl<'a> GcPlan<'a> {
                         if !live.contains(&id) {
                             plan.doomed.push((id, u64::from(stored)));
                         }
+                        indexed.push(id);
                         ControlFlow::Continue(())
                     }
                     (Err(e), _) | (_, Err(e)) => {
@@ -128,6 +138,7 @@ impl<'a> GcPlan<'a> {
         if let Some(b) = bad {
             return Err(Error::MarkFailed(b));
         }
+        plan.orphans = orphans(backend.as_ref(), &indexed, &live)?;
         Ok(plan)
     }
 
@@ -148,6 +159,11 @@ impl<'a> GcPlan<'a> {
             disk_bytes_before: backend.disk_bytes(Cf::Chunks)?,
             ..GcReport::default()
         };
+        for batch in self.orphans.chunks(GC_DELETE_BATCH_CHUNKS) {
+            let deleted = self.chunks.gc_delete(batch)?.len() as u64;
+            report.deleted_orphans += deleted;
+            report.kept_in_use += batch.len() as u64 - deleted;
+        }
         for batch in self.doomed.chunks(GC_DELETE_BATCH_CHUNKS) {
             let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
             let deleted: HashSet<ChunkId> = self.chunks.gc_delete(&ids)?.into_iter().collect();
@@ -160,13 +176,47 @@ impl<'a> GcPlan<'a> {
                 }
             }
         }
-        if report.deleted_chunks > 0 {
+        if report.deleted_chunks + report.deleted_orphans > 0 {
             backend.compact(Cf::Chunks)?;
             backend.compact(Cf::ChunkIndex)?;
         }
         report.disk_bytes_after = backend.disk_bytes(Cf::Chunks)?;
         Ok(report)
     }
+}
+
+/// The frames of `Cf::Chunks` with no entry in `indexed` (sorted) and not in `live`: their
+/// heads, read key by key with each frame's pieces skipped over unread.
+///
+/// # Errors
+/// [`Error::MarkFailed`] on any read error.
+fn orphans(
+    backend: &dyn store::Backend,
+    indexed: &[ChunkId],
+    live: &HashSet<ChunkId>,
+) -> Result<Vec<ChunkId>, Error> {
+    let mut orphans = Vec::new();
+    let mut at = 0;
+    backend
+        .skim(Cf::Chunks, &[], &mut |k| {
+            // A head, or a piece whose head is absent (the scan skips the pieces of a head).
+            let id = match k.len() {
+                32 | keys::CHUNK_PIECE_KEY_BYTES => ChunkId::from_slice(&k[..32]),
+                _ => None,
+            };
+            let Some(id) = id else {
+                // Not a chunk's key: verify reports it; gc leaves it alone.
+                return Skim::Next;
+            };
+            at += indexed[at..].partition_point(|i| *i < id);
+            if indexed.get(at) != Some(&id) && !live.contains(&id) {
+                orphans.push(id);
+            }
+            // On past every key of this chunk: a frame's pieces sort right after its head.
+            keys::prefix_end(&id.0).map_or(Skim::Stop, Skim::SkipTo)
+        })
+        .map_err(|e| Error::MarkFailed(e.to_string()))?;
+    Ok(orphans)
 }
 
 impl Drop for GcPlan<'_> {

@@ -127,6 +127,14 @@ impl Backend for FailingBackend {
     ) -> store::Result<()> {
         self.inner.scan(cf, from, to, visit)
     }
+    fn skim(
+        &self,
+        cf: Cf,
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8]) -> store::Skim,
+    ) -> store::Result<()> {
+        self.inner.skim(cf, from, visit)
+    }
     fn write(&self, batch: store::Batch, durability: store::Durability) -> store::Result<()> {
         self.inner.write(batch, durability)
     }

@@ -197,3 +197,69 @@ fn gc_deletes_nothing_when_the_mark_fails() -> TestResult {
     );
     Ok(())
 }
+
+/// Chunk frames without an index entry, as a crash between the flushes of chunks written
+/// unlogged leaves them: gc deletes those no record references and keeps the others.
+#[test]
+fn gc_deletes_frames_left_without_an_index_entry() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let fx = common::rocks(dir.path()).expect("fixture");
+    let kept = noise(2 * CHUNK_BYTES + 100, 1);
+    let kept_ino = put_file(&fx.vfs, ROOT_INO, "kept", &kept);
+    // One frame of several pieces and one small frame stored whole, neither referenced.
+    let orphan_big = fx.chunks.put(&noise(CHUNK_BYTES, 2))?;
+    let orphan_small = fx.chunks.put(&noise(3000, 3))?;
+    // And a chunk of `kept` that lost its index entry the same way.
+    let kept_first = fx.chunks.put(&kept[..CHUNK_BYTES])?;
+    let mut batch = Batch::new();
+    for id in [orphan_big, orphan_small, kept_first] {
+        batch.delete(Cf::ChunkIndex, id.0.to_vec());
+    }
+    fx.backend.write(batch, Durability::Buffered)?;
+    fx.backend.flush()?;
+    let verify = || {
+        keibi::verify::run(
+            fx.backend.as_ref(),
+            fx.chunks.cipher(),
+            keibi::verify::Options {
+                sample_percent: 100,
+                progress: false,
+            },
+        )
+    };
+    assert_eq!(verify().orphan_chunks, 2);
+
+    let plan = GcPlan::compute(&fx.chunks, &|| fx.vfs.staged_chunks())?;
+    let mut planned = plan.orphans.clone();
+    planned.sort();
+    let mut expected = vec![orphan_big, orphan_small];
+    expected.sort();
+    assert_eq!(planned, expected);
+    let report = plan.execute()?;
+    assert_eq!(report.deleted_orphans, 2, "{report:?}");
+
+    let after = verify();
+    assert_eq!(after.orphan_chunks, 0);
+    assert!(
+        fx.backend.get(Cf::Chunks, &orphan_big.0)?.is_none(),
+        "the orphan's head is still stored"
+    );
+    let mut pieces = 0;
+    fx.backend
+        .scan(Cf::Chunks, &orphan_big.0, None, &mut |k, _| {
+            if k.starts_with(&orphan_big.0) {
+                pieces += 1;
+            }
+            std::ops::ControlFlow::Continue(())
+        })?;
+    assert_eq!(pieces, 0, "pieces of the orphan are still stored");
+    assert!(
+        fx.backend.get(Cf::Chunks, &kept_first.0)?.is_some(),
+        "a referenced frame without an index entry was deleted"
+    );
+    assert!(read_all(&fx.vfs, kept_ino) == kept, "kept changed");
+    // The next run finds nothing more to delete.
+    let again = GcPlan::compute(&fx.chunks, &|| fx.vfs.staged_chunks())?;
+    assert!(again.orphans.is_empty() && again.doomed.is_empty());
+    Ok(())
+}

@@ -13,7 +13,7 @@ use keibi::id::ChunkId;
 use keibi::limits::{CHUNK_BYTES, PIECE_BYTES};
 use keibi::store::mem::MemBackend;
 use keibi::store::rocks::RocksBackend;
-use keibi::store::{Backend, Batch, Cf, Durability, keys};
+use keibi::store::{Backend, Batch, Cf, Durability, Skim, keys};
 
 fn scan_all(b: &dyn Backend, cf: Cf, from: &[u8], to: Option<&[u8]>) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut out = Vec::new();
@@ -67,6 +67,24 @@ fn kv_contract(b: &dyn Backend) {
     })
     .expect("scan");
     assert_eq!(n, 2);
+    // A key-only scan that skips past every key starting with the one it lands on.
+    let mut landed = Vec::new();
+    b.skim(Cf::Dirents, b"", &mut |k| {
+        landed.push(k.to_vec());
+        match keys::prefix_end(k) {
+            Some(end) if landed.len() < 3 => Skim::SkipTo(end),
+            _ => Skim::Stop,
+        }
+    })
+    .expect("skim");
+    assert_eq!(landed, vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
+    let mut landed = Vec::new();
+    b.skim(Cf::Dirents, b"ab", &mut |k| {
+        landed.push(k.to_vec());
+        Skim::Next
+    })
+    .expect("skim");
+    assert_eq!(landed.len(), 4, "{landed:?}");
     let mut batch = Batch::new();
     batch.delete(Cf::Dirents, b"a".to_vec());
     batch.delete_range(Cf::Dirents, b"b".to_vec(), b"d".to_vec());

@@ -36,16 +36,18 @@ pub(crate) fn collect(
                 "stored_chunks": plan.stored_chunks,
                 "live_chunks": plan.live_chunks,
                 "chunks_to_delete": plan.doomed.len(),
+                "orphans_to_delete": plan.orphans.len(),
                 "bytes_to_reclaim": plan.doomed_bytes(),
             });
             serde_json::to_string_pretty(&v)? + "\n"
         } else {
             format!(
-                "gc plan: {} stored chunks, {} referenced; would delete {} chunks ({})\n",
+                "gc plan: {} stored chunks, {} referenced; would delete {} chunks ({}){}\n",
                 plan.stored_chunks,
                 plan.live_chunks,
                 plan.doomed.len(),
-                super::bytes(plan.doomed_bytes())
+                super::bytes(plan.doomed_bytes()),
+                orphans(plan.orphans.len() as u64)
             )
         });
     }
@@ -54,13 +56,23 @@ pub(crate) fn collect(
         serde_json::to_string_pretty(&report)? + "\n"
     } else {
         format!(
-            "gc: deleted {} chunks ({} stored); chunk files on disk {} -> {}\n",
+            "gc: deleted {} chunks ({} stored){}; chunk files on disk {} -> {}\n",
             report.deleted_chunks,
             super::bytes(report.deleted_bytes),
+            orphans(report.deleted_orphans),
             super::bytes(report.disk_bytes_before),
             super::bytes(report.disk_bytes_after)
         )
     })
+}
+
+/// The text of `n` orphans for gc's summary line (nothing when there are none).
+fn orphans(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" and {n} chunk frames left without an index entry")
+    }
 }
 
 pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {

@@ -6,7 +6,7 @@ use std::ops::Bound;
 
 use parking_lot::RwLock;
 
-use super::{Backend, Batch, Cf, Durability, Op, Result, Visit};
+use super::{Backend, Batch, Cf, Durability, Op, Result, Skim, Visit};
 
 /// One column family: ordered keys to values.
 type Table = BTreeMap<Vec<u8>, Vec<u8>>;
@@ -47,6 +47,26 @@ impl Backend for MemBackend {
         for (k, v) in &entries {
             if visit(k, v).is_break() {
                 break;
+            }
+        }
+        Ok(())
+    }
+
+    fn skim(&self, cf: Cf, from: &[u8], visit: &mut dyn FnMut(&[u8]) -> Skim) -> Result<()> {
+        // The keys are copied out first so that `visit` may write to the store.
+        let keys: Vec<Vec<u8>> = {
+            let cfs = self.cfs.read();
+            let Some(map) = cfs.get(&cf) else {
+                return Ok(());
+            };
+            map.range(from.to_vec()..).map(|(k, _)| k.clone()).collect()
+        };
+        let mut i = 0;
+        while let Some(k) = keys.get(i) {
+            match visit(k) {
+                Skim::Next => i += 1,
+                Skim::SkipTo(to) => i += keys[i..].partition_point(|k| *k < to),
+                Skim::Stop => break,
             }
         }
         Ok(())

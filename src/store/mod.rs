@@ -143,6 +143,17 @@ pub enum Durability {
 /// What a scan callback saw: key and value of one entry.
 pub type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>;
 
+/// What a key-only scan ([`Backend::skim`]) does after a key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Skim {
+    /// On to the next key.
+    Next,
+    /// On to the first key at or after this one, which must sort after the current key.
+    SkipTo(Vec<u8>),
+    /// Stop the scan.
+    Stop,
+}
+
 /// Errors of the key-value layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -223,6 +234,14 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Database errors, damaged data: the scan stops at the first.
     fn scan(&self, cf: Cf, from: &[u8], to: Option<&[u8]>, visit: Visit<'_>) -> Result<()>;
+
+    /// Visits the keys of `cf` from `from` in key order, without their values, until `visit`
+    /// stops; `visit` may skip ahead, and entries skipped over are not read (a large value,
+    /// which RocksDB keeps in a blob file, is read only where the scan lands).
+    ///
+    /// # Errors
+    /// Database errors, damaged data: the scan stops at the first.
+    fn skim(&self, cf: Cf, from: &[u8], visit: &mut dyn FnMut(&[u8]) -> Skim) -> Result<()>;
 
     /// Applies `batch` atomically.
     ///

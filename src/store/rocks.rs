@@ -14,7 +14,7 @@ use rocksdb::{
     DBCompressionType, ErrorKind, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
-use super::{Backend, Batch, Cf, Durability, Error, Op, Result, Visit};
+use super::{Backend, Batch, Cf, Durability, Error, Op, Result, Skim, Visit};
 
 /// Values of at least this many bytes go to blob files.
 const BLOB_MIN_BYTES: u64 = 4096;
@@ -276,6 +276,22 @@ impl Backend for RocksBackend {
                 return Ok(());
             }
             it.next();
+        }
+        it.status().map_err(|e| self.err(&e))
+    }
+
+    fn skim(&self, cf: Cf, from: &[u8], visit: &mut dyn FnMut(&[u8]) -> Skim) -> Result<()> {
+        let mut opts = ReadOptions::default();
+        opts.set_verify_checksums(verify_checksums(cf));
+        opts.fill_cache(cf != Cf::Chunks);
+        let mut it = self.db.raw_iterator_cf_opt(self.handle(cf)?, opts);
+        it.seek(from);
+        while let Some(k) = it.key() {
+            match visit(k) {
+                Skim::Next => it.next(),
+                Skim::SkipTo(to) => it.seek(&to),
+                Skim::Stop => return Ok(()),
+            }
         }
         it.status().map_err(|e| self.err(&e))
     }
