@@ -263,3 +263,38 @@ fn gc_deletes_frames_left_without_an_index_entry() -> TestResult {
     assert!(again.orphans.is_empty() && again.doomed.is_empty());
     Ok(())
 }
+
+/// Chunks of two files written in turn share blob files, so deleting one frees no blob file
+/// whole: gc then relocates the other file's chunks to give the space back.
+#[test]
+fn gc_frees_the_space_of_chunks_stored_beside_live_ones() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let fx = common::rocks(dir.path()).expect("fixture");
+    let a = fx
+        .vfs
+        .create(ROOT_INO, b"a", 0o644, ME, OpenFlags::default())?;
+    let b = fx
+        .vfs
+        .create(ROOT_INO, b"b", 0o644, ME, OpenFlags::default())?;
+    let mut kept = Vec::new();
+    for i in 0..64u64 {
+        let at = i * CHUNK_BYTES as u64;
+        fx.vfs.write(a.1, at, &noise(CHUNK_BYTES, 1000 + i))?;
+        let piece = noise(CHUNK_BYTES, 2000 + i);
+        fx.vfs.write(b.1, at, &piece)?;
+        kept.extend_from_slice(&piece);
+    }
+    fx.vfs.release(a.1)?;
+    fx.vfs.release(b.1)?;
+    fx.vfs.sync_all()?;
+    fx.backend.flush()?;
+    fx.vfs.unlink(ROOT_INO, b"a")?;
+    let report = GcPlan::compute(&fx.chunks, &|| fx.vfs.staged_chunks())?.execute()?;
+    assert_eq!(report.deleted_chunks, 64, "{report:?}");
+    assert!(
+        report.disk_bytes_after < report.disk_bytes_before * 2 / 3,
+        "{report:?}"
+    );
+    assert!(read_all(&fx.vfs, b.0.ino) == kept, "b changed");
+    Ok(())
+}

@@ -249,7 +249,9 @@ pub trait Backend: Send + Sync {
     /// Database errors, a full disk.
     fn write(&self, batch: Batch, durability: Durability) -> Result<()>;
 
-    /// Rewrites the column family so that deleted entries free disk space.
+    /// Rewrites the column family so that deleted entries free disk space. Large values kept
+    /// apart (RocksDB's blob files) are copied only where enough of their space is garbage;
+    /// below that, some of the space of deleted ones stays taken until later runs.
     ///
     /// # Errors
     /// Database errors.

@@ -20,6 +20,10 @@ use super::{Backend, Batch, Cf, Durability, Error, Op, Result, Skim, Visit};
 const BLOB_MIN_BYTES: u64 = 4096;
 /// Target size of one blob file.
 const BLOB_FILE_BYTES: u64 = 256 * 1024 * 1024;
+/// Share of garbage in the chunk blob files (percent of their bytes) from which `compact`
+/// relocates live chunks to free it: below it the garbage stays, bounding the space taken
+/// to a third more than the live chunks need, and a gc that deletes little copies nothing.
+const BLOB_GARBAGE_RELOCATE_PERCENT: u64 = 25;
 /// Memtable size of the chunk column family.
 const CHUNK_MEMTABLE_BYTES: usize = 32 * 1024 * 1024;
 /// Memtables of the chunk column family (one filling while others flush).
@@ -206,6 +210,32 @@ impl RocksBackend {
         })
     }
 
+    /// Compacts every level of `h`, the bottom one too, so that deleted entries and the
+    /// blobs only they referenced are dropped.
+    fn compact_whole(&self, h: &rocksdb::ColumnFamily) {
+        let mut opts = CompactOptions::default();
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        self.db
+            .compact_range_cf_opt(h, None::<&[u8]>, None::<&[u8]>, &opts);
+    }
+
+    /// Whether the blob files of `h` hold at least [`BLOB_GARBAGE_RELOCATE_PERCENT`] of
+    /// garbage (blobs no entry references).
+    fn blob_garbage_worth_relocating(&self, h: &rocksdb::ColumnFamily) -> Result<bool> {
+        let int = |name: &str| -> Result<u64> {
+            Ok(self
+                .db
+                .property_int_value_cf(h, name)
+                .map_err(|e| self.err(&e))?
+                .unwrap_or(0))
+        };
+        let files = int("rocksdb.live-blob-file-size")?;
+        let garbage = int("rocksdb.live-blob-file-garbage-size")?;
+        Ok(garbage > 0
+            && u128::from(garbage) * 100
+                >= u128::from(files) * u128::from(BLOB_GARBAGE_RELOCATE_PERCENT))
+    }
+
     fn handle(&self, cf: Cf) -> Result<&rocksdb::ColumnFamily> {
         self.db
             .cf_handle(cf.name())
@@ -312,32 +342,32 @@ impl Backend for RocksBackend {
     }
 
     fn compact(&self, cf: Cf) -> Result<()> {
-        let mut opts = CompactOptions::default();
-        // Rewrite the bottom level too, so deletion tombstones and dead blobs are dropped.
-        opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         let h = self.handle(cf)?;
         self.db.flush_cf(h).map_err(|e| self.err(&e))?;
-        // Relocate live blobs out of every blob file, so that files holding deleted chunks
-        // are removed.
-        if cf == Cf::Chunks {
-            self.db
-                .set_options_cf(
-                    h,
-                    &[
-                        ("enable_blob_garbage_collection", "true"),
-                        ("blob_garbage_collection_age_cutoff", "1.0"),
-                    ],
-                )
-                .map_err(|e| self.err(&e))?;
+        // First without blob garbage collection: deleted entries and their references go,
+        // and a blob file none of whose blobs is referenced any more is deleted whole. The
+        // chunks of one file are written together, so most of a deleted file's bytes are
+        // freed here without copying anything.
+        self.compact_whole(h);
+        if cf != Cf::Chunks || !self.blob_garbage_worth_relocating(h)? {
+            return Ok(());
         }
+        // Then, when enough garbage is left in blob files that also hold live chunks,
+        // relocate the live chunks out of every blob file: a rewrite of the whole column
+        // family, paid only once a quarter of it is garbage.
         self.db
-            .compact_range_cf_opt(h, None::<&[u8]>, None::<&[u8]>, &opts);
-        if cf == Cf::Chunks {
-            self.db
-                .set_options_cf(h, &[("enable_blob_garbage_collection", "false")])
-                .map_err(|e| self.err(&e))?;
-        }
-        Ok(())
+            .set_options_cf(
+                h,
+                &[
+                    ("enable_blob_garbage_collection", "true"),
+                    ("blob_garbage_collection_age_cutoff", "1.0"),
+                ],
+            )
+            .map_err(|e| self.err(&e))?;
+        self.compact_whole(h);
+        self.db
+            .set_options_cf(h, &[("enable_blob_garbage_collection", "false")])
+            .map_err(|e| self.err(&e))
     }
 
     fn disk_bytes(&self, cf: Cf) -> Result<u64> {
