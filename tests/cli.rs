@@ -82,6 +82,15 @@ fn init_id_status_and_errors() {
         .assert()
         .code(2)
         .stderr(predicate::str::contains("cannot be used with"));
+    // A bad interval is refused before anything is mounted.
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mountpoint");
+    keibi(&home)
+        .args(["mount", "--gc-every", "soon"])
+        .arg(&mnt)
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--gc-every").and(predicate::str::contains("30s")));
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! gc: safe under concurrent writers, frees disk space, refuses to sweep after a failed mark.
+//! gc: safe under concurrent writers, frees disk space, refuses to sweep after a failed mark,
+//! and runs on its own in a mount.
 #![expect(
     clippy::expect_used,
     reason = "test helpers fail loudly on setup errors"
@@ -11,8 +12,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use keibi::gc::auto::AutoGc;
 use keibi::gc::{self, GcPlan};
+use keibi::id::ChunkId;
 use keibi::id::ROOT_INO;
 use keibi::limits::CHUNK_BYTES;
 use keibi::store::{Batch, Cf, Durability};
@@ -296,5 +300,59 @@ fn gc_frees_the_space_of_chunks_stored_beside_live_ones() -> TestResult {
         "{report:?}"
     );
     assert!(read_all(&fx.vfs, b.0.ino) == kept, "b changed");
+    Ok(())
+}
+
+/// Waits (bounded) until `done` holds; false if it never did.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(30) {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// The automatic gc of a mount: it deletes the chunks of a removed file on its own, keeps
+/// those still referenced, and does not run again while no record changes.
+#[test]
+fn automatic_gc_collects_the_chunks_of_a_removed_file() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let fx = common::rocks(dir.path()).expect("fixture");
+    let gone = noise(3 * CHUNK_BYTES, 7);
+    let kept = noise(2 * CHUNK_BYTES, 8);
+    put_file(&fx.vfs, ROOT_INO, "gone", &gone);
+    let kept_ino = put_file(&fx.vfs, ROOT_INO, "kept", &kept);
+    let ids: Vec<ChunkId> = gone.chunks(CHUNK_BYTES).map(ChunkId::of).collect();
+    let vfs = Arc::new(fx.vfs);
+    let auto = AutoGc::start(Arc::clone(&vfs), Duration::from_millis(50))?;
+    assert!(
+        eventually(|| auto.last_run().is_some()),
+        "no automatic run within 30 s"
+    );
+    for id in &ids {
+        assert!(fx.chunks.contains(id)?, "a referenced chunk was deleted");
+    }
+    vfs.unlink(ROOT_INO, b"gone")?;
+    assert!(
+        eventually(|| ids.iter().all(|id| !fx.chunks.contains(id).unwrap_or(true))),
+        "the removed file's chunks are still stored: {:?}",
+        auto.last_run()
+    );
+    // The run that deleted them has ended (its compaction included).
+    assert!(
+        eventually(|| auto.last_run().is_some_and(|r| r.deleted_chunks > 0)),
+        "{:?}",
+        auto.last_run()
+    );
+    let runs = auto.last_run().expect("ran").runs;
+    std::thread::sleep(Duration::from_millis(500));
+    let last = auto.last_run().expect("ran");
+    assert_eq!(last.runs, runs, "gc ran again with no record changed");
+    assert!(last.error.is_none(), "{last:?}");
+    auto.stop();
+    assert!(read_all(&vfs, kept_ino) == kept, "kept changed");
     Ok(())
 }

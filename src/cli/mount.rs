@@ -1,19 +1,22 @@
 //! `keibi mount`: open (or create) the store, mount it with FUSE, serve until unmounted,
 //! then commit everything and close the store.
 //!
-//! Threads: fuser's workers (see `crate::fuse`), the control socket's accept thread, and one
-//! signal thread that turns SIGINT, SIGTERM or SIGHUP into an unmount. All end before this
+//! Threads: fuser's workers (see `crate::fuse`), the control socket's accept thread, one
+//! signal thread that turns SIGINT, SIGTERM or SIGHUP into an unmount, and the automatic
+//! gc's (`crate::gc::auto`). All end before this
 //! command returns.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::control::{self, Request, Response};
 use crate::fuse::{self, MountOptions};
+use crate::gc::auto::AutoGc;
 use crate::home::{Home, InitOptions};
 use crate::replication::Replication;
 use crate::replication::config::Config;
@@ -44,6 +47,19 @@ pub struct Args {
     /// notably on virtual machines. Withdrawn 100 ms after the last request.
     #[arg(long)]
     pub low_latency: bool,
+    /// Delete chunks no file references any more at this interval, when files changed since
+    /// the last run (as `keibi gc` does; `30s`, `10m`, `1h`...; `0` never).
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_interval)]
+    pub gc_every: Duration,
+}
+
+/// A `--gc-every` value; zero for never.
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: give a duration such as 30s, 10m or 1h, or 0 for never"))
 }
 
 pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
@@ -76,9 +92,23 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
         Vfs::new(store.tables, store.chunks, &home.store_dir()).context("recovering the store")?,
     );
     let replication = start_replication(home, args, &vfs)?;
+    let auto_gc = if args.gc_every.is_zero() {
+        None
+    } else {
+        Some(Arc::new(
+            AutoGc::start(Arc::clone(&vfs), args.gc_every).context("starting gc")?,
+        ))
+    };
     let mut control = control::Server::start(
         home.root(),
-        live_handler(&vfs, replication.clone(), latency.clone(), home, &mnt),
+        live_handler(
+            &vfs,
+            replication.clone(),
+            latency.clone(),
+            auto_gc.clone(),
+            home,
+            &mnt,
+        ),
     )
     .context("starting the control socket")?;
     let opts = MountOptions {
@@ -96,26 +126,7 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     if let Err(e) = fuse::raise_readahead(&mnt) {
         tracing::info!(error = %e, "kernel readahead left at its default");
     }
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .context("installing signal handlers")?;
-    let signal_handle = signals.handle();
-    let signal_mnt = mnt.clone();
-    let signal_thread = std::thread::Builder::new()
-        .name("keibi-signals".into())
-        .spawn(move || {
-            // Every signal until the session ends: if detaching failed, the next Ctrl-C
-            // tries again instead of being ignored.
-            let mut detached = false;
-            for sig in signals.forever() {
-                if detached {
-                    eprintln!("keibi: unmounted; waiting for files still open on it to close");
-                } else {
-                    tracing::info!(sig, "signal received: unmounting");
-                    detached = fuse::unmount_lazily(&signal_mnt);
-                }
-            }
-        })
-        .context("starting the signal thread")?;
+    let (signal_handle, signal_thread) = unmount_on_signals(&mnt)?;
     eprintln!(
         "keibi: mounted {} (home {}); stop with Ctrl-C or `fusermount3 -u {}`",
         mnt.display(),
@@ -135,6 +146,9 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(r) = &replication {
         r.stop();
     }
+    if let Some(g) = &auto_gc {
+        g.stop();
+    }
     vfs.set_kernel_cache(None);
     if let Some(l) = &latency {
         l.stop();
@@ -149,6 +163,34 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     closed.context("committing open files at unmount")?;
     eprintln!("keibi: unmounted {}", mnt.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the thread that turns SIGINT, SIGTERM and SIGHUP into an unmount of `mnt`; the
+/// handle closes it.
+fn unmount_on_signals(
+    mnt: &Path,
+) -> anyhow::Result<(signal_hook::iterator::Handle, std::thread::JoinHandle<()>)> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("installing signal handlers")?;
+    let handle = signals.handle();
+    let signal_mnt = mnt.to_path_buf();
+    let thread = std::thread::Builder::new()
+        .name("keibi-signals".into())
+        .spawn(move || {
+            // Every signal until the session ends: if detaching failed, the next Ctrl-C
+            // tries again instead of being ignored.
+            let mut detached = false;
+            for sig in signals.forever() {
+                if detached {
+                    eprintln!("keibi: unmounted; waiting for files still open on it to close");
+                } else {
+                    tracing::info!(sig, "signal received: unmounting");
+                    detached = fuse::unmount_lazily(&signal_mnt);
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok((handle, thread))
 }
 
 /// True for the errors of a FUSE mount whose process is gone.
@@ -219,6 +261,7 @@ fn live_handler(
     vfs: &Arc<Vfs>,
     replication: Option<Arc<Replication>>,
     latency: Option<Arc<fuse::latency::LatencyHold>>,
+    auto_gc: Option<Arc<AutoGc>>,
     home: &Home,
     mnt: &Path,
 ) -> Arc<control::Handler> {
@@ -238,6 +281,10 @@ fn live_handler(
                             low_latency: latency.as_ref().map(|l| {
                                 let (held, holds) = l.state();
                                 super::status::LowLatencyFigures { held, holds }
+                            }),
+                            gc: auto_gc.as_ref().map(|g| super::status::AutoGcFigures {
+                                every_secs: g.every().as_secs(),
+                                last_run: g.last_run(),
                             }),
                         }),
                         replication: replication.as_ref().map(|r| r.status()),

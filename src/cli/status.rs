@@ -33,6 +33,17 @@ pub struct MountFigures {
     pub staged_bytes: u64,
     /// With `--low-latency`: the CPU-latency request.
     pub low_latency: Option<LowLatencyFigures>,
+    /// Automatic gc (`--gc-every`), unless turned off.
+    pub gc: Option<AutoGcFigures>,
+}
+
+/// Automatic gc of a running mount.
+#[derive(Clone, Debug, Serialize)]
+pub struct AutoGcFigures {
+    /// Seconds between runs.
+    pub every_secs: u64,
+    /// What the last run did; `None` before the first.
+    pub last_run: Option<crate::gc::auto::LastRun>,
 }
 
 /// The CPU-latency request of a mount started with `--low-latency`.
@@ -87,6 +98,9 @@ pub(crate) fn render(s: &Status, json: bool) -> anyhow::Result<String> {
             l.holds
         )?;
     }
+    if let Some(g) = s.mount.as_ref().and_then(|m| m.gc.as_ref()) {
+        render_auto_gc(&mut out, g)?;
+    }
     writeln!(
         out,
         "entries:   {} files, {} directories, {} other, {} tombstones",
@@ -113,6 +127,32 @@ pub(crate) fn render(s: &Status, json: bool) -> anyhow::Result<String> {
         render_replication(&mut out, r)?;
     }
     Ok(out)
+}
+
+fn render_auto_gc(out: &mut String, g: &AutoGcFigures) -> std::fmt::Result {
+    let every = humantime::format_duration(std::time::Duration::from_secs(g.every_secs));
+    match &g.last_run {
+        None => writeln!(out, "gc:        every {every}; not run yet"),
+        Some(r) => {
+            let ago = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .saturating_sub(r.ended_unix_secs);
+            let ago = humantime::format_duration(std::time::Duration::from_secs(ago));
+            match &r.error {
+                Some(e) => writeln!(
+                    out,
+                    "gc:        every {every}; last run {ago} ago failed: {e}"
+                ),
+                None => writeln!(
+                    out,
+                    "gc:        every {every}; last run {ago} ago deleted {} chunks ({})",
+                    r.deleted_chunks,
+                    super::bytes(r.deleted_bytes)
+                ),
+            }
+        }
+    }
 }
 
 fn render_replication(out: &mut String, r: &crate::replication::Status) -> std::fmt::Result {

@@ -9,6 +9,8 @@
 //! record references; gc deletes them like unreferenced chunks. Any read error during the mark aborts the run: a chunk is never deleted
 //! on the strength of an incomplete mark. No tasks are spawned.
 
+pub mod auto;
+
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
