@@ -190,6 +190,12 @@ pub const FETCH_QUEUE_CHUNKS_MAX: usize = 65_536;
 /// Announced chunks (those a peer sealed for a file it is still writing) queued for
 /// fetching ahead of the file's record; past this, the oldest are dropped to make room.
 pub const FETCH_ANNOUNCED_CHUNKS_MAX: usize = 4096;
+/// Chunks fetched ahead of their record that gc keeps unreferenced (2 GiB of chunks); past
+/// this the oldest may be collected.
+pub const CHUNKS_AHEAD_KEPT_MAX: usize = 4096;
+/// How long gc keeps a chunk fetched ahead of its record, in seconds: a record that has not
+/// come by then is not coming (its file was removed or rewritten before it was closed).
+pub const CHUNK_AHEAD_KEPT_SECS: u64 = 3600;
 /// How long a read of a chunk not yet fetched waits for it before failing with EIO, in
 /// milliseconds.
 pub const FETCH_READ_TIMEOUT_MS: u64 = 30_000;

@@ -110,6 +110,11 @@ fn chunks_of_a_file_still_being_written_reach_the_peer_before_its_record() {
         on_b.is_none_or(|size| size == 0),
         "B has the file's content already: {on_b:?}"
     );
+    // A gc on B meanwhile keeps them, though no record references them yet.
+    let swept = keibi::gc::GcPlan::compute(b.vfs.chunks(), &|| b.vfs.staged_chunks())
+        .and_then(keibi::gc::GcPlan::execute)
+        .expect("gc on B");
+    assert_eq!(swept.deleted_chunks, 0, "{swept:?}");
 
     a.vfs.release(fh).expect("release");
     assert!(wait_until(20, || b.read("/growing.bin").as_deref() == Some(&data[..])));

@@ -16,9 +16,10 @@ pub mod frame;
 mod gc;
 pub mod pieces;
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use blake3::hazmat::ChainingValue;
 use lru::LruCache;
@@ -26,8 +27,9 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::id::ChunkId;
 use crate::limits::{
-    CHUNK_BYTES, CHUNK_BYTES_U64, CHUNK_CACHE_ENTRIES_MAX, GC_PROTECTED_CHUNKS_MAX, PIECE_BYTES,
-    PIECES_PER_CHUNK_MAX, UNLOGGED_CHUNKS_MAX,
+    CHUNK_AHEAD_KEPT_SECS, CHUNK_BYTES, CHUNK_BYTES_U64, CHUNK_CACHE_ENTRIES_MAX,
+    CHUNKS_AHEAD_KEPT_MAX, GC_PROTECTED_CHUNKS_MAX, PIECE_BYTES, PIECES_PER_CHUNK_MAX,
+    UNLOGGED_CHUNKS_MAX,
 };
 use crate::store::{self, Backend, Batch, Cf, Durability, keys};
 
@@ -132,6 +134,10 @@ pub struct ChunkStore {
     unlogged: Mutex<HashSet<ChunkId>>,
     /// Source of chunks that records reference but the store lacks, while replication runs.
     remote: RwLock<Option<Arc<dyn Remote>>>,
+    /// Chunks stored ahead of the record that will reference them (fetched on a peer's
+    /// announcement), oldest first with when they were stored: gc keeps them for
+    /// [`CHUNK_AHEAD_KEPT_SECS`], at most [`CHUNKS_AHEAD_KEPT_MAX`] of them.
+    ahead: Mutex<VecDeque<(Instant, ChunkId)>>,
 }
 
 impl ChunkStore {
@@ -147,7 +153,29 @@ impl ChunkStore {
             gc: Mutex::new(GcGuard::default()),
             unlogged: Mutex::new(HashSet::new()),
             remote: RwLock::new(None),
+            ahead: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Notes that `id` is being stored ahead of the record that will reference it, so that a gc
+    /// in the meantime keeps it (for a while: the record may never come).
+    pub fn stored_ahead(&self, id: ChunkId) {
+        let mut ahead = self.ahead.lock();
+        if ahead.len() >= CHUNKS_AHEAD_KEPT_MAX {
+            ahead.pop_front();
+        }
+        ahead.push_back((Instant::now(), id));
+    }
+
+    /// The chunks stored ahead of their record in the last [`CHUNK_AHEAD_KEPT_SECS`] (older
+    /// ones are forgotten): gc's mark counts them as referenced.
+    pub fn kept_ahead(&self) -> Vec<ChunkId> {
+        let mut ahead = self.ahead.lock();
+        let keep = Duration::from_secs(CHUNK_AHEAD_KEPT_SECS);
+        while ahead.front().is_some_and(|(at, _)| at.elapsed() > keep) {
+            ahead.pop_front();
+        }
+        ahead.iter().map(|(_, id)| *id).collect()
     }
 
     /// Makes [`Self::get`] fetch missing chunks through `remote`; `None` stops it (the

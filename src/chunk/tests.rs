@@ -1,4 +1,5 @@
-//! The chunk store's own tests: splitting, and what a read in part caches.
+//! The chunk store's own tests: splitting, what a read in part caches, and the chunks kept
+//! ahead of their record.
 
 use super::*;
 use crate::store::mem::MemBackend;
@@ -68,4 +69,19 @@ proptest! {
         }
         prop_assert_eq!(parts.concat(), data);
     }
+}
+
+#[test]
+fn chunks_kept_ahead_of_their_record_are_bounded_oldest_first() {
+    let store = ChunkStore::new(Arc::new(MemBackend::new()), None);
+    let ids: Vec<ChunkId> = (0..=CHUNKS_AHEAD_KEPT_MAX as u64)
+        .map(|i| ChunkId::of(&i.to_le_bytes()))
+        .collect();
+    for id in &ids {
+        store.stored_ahead(*id);
+    }
+    let kept = store.kept_ahead();
+    assert_eq!(kept.len(), CHUNKS_AHEAD_KEPT_MAX);
+    assert_eq!(kept.first(), Some(&ids[1]), "the oldest goes first");
+    assert_eq!(kept.last(), ids.last());
 }

@@ -2,7 +2,8 @@
 //!
 //! [`GcPlan::compute`] starts gc protection in the chunk store (every chunk written or
 //! referenced from then on is kept), marks every chunk referenced by a record (tombstones
-//! of files still open included) or by staged data, and lists the rest. Printing the plan is
+//! of files still open included), by staged data or fetched ahead of its record within the
+//! hour, and lists the rest. Printing the plan is
 //! `--dry-run`; [`GcPlan::execute`] deletes in bounded batches and compacts so that the disk
 //! space is freed. The plan also lists orphans: chunk frames without an index entry (left
 //! by a crash or a full disk between the two flushes of chunks written unlogged) that no
@@ -90,6 +91,7 @@ impl<'a> GcPlan<'a> {
             orphans: Vec::new(),
         };
         let mut live: HashSet<ChunkId> = staged().into_iter().collect();
+        live.extend(chunks.kept_ahead());
         let backend = chunks.backend();
         let mut bad = None;
         backend

@@ -462,6 +462,11 @@ impl Fetcher {
                         open.remove(&id);
                         let chunks = Arc::clone(self.vfs.chunks());
                         let len = checked.data.len() as u64;
+                        // Kept from gc before it is stored: no record references it yet.
+                        let ahead = self.queue.lock().speculative.contains(&id);
+                        if ahead {
+                            chunks.stored_ahead(id);
+                        }
                         let stored = tokio::task::spawn_blocking(move || {
                             let data = Arc::new(checked.data.to_vec());
                             chunks.put_fetched(id, data, &checked.cvs)
@@ -473,7 +478,7 @@ impl Fetcher {
                             *self.last_stored.lock() = Instant::now();
                             self.stats.chunks.fetch_add(1, Ordering::Relaxed);
                             self.stats.bytes.fetch_add(len, Ordering::Relaxed);
-                            if self.queue.lock().speculative.contains(&id) {
+                            if ahead {
                                 self.stats.announced.fetch_add(1, Ordering::Relaxed);
                             }
                         } else {
