@@ -161,6 +161,9 @@ pub const PEER_ACCEPT_RETRY_MS: u64 = 100;
 pub const NOTIFY_DEBOUNCE_MS: u64 = 200;
 /// A file that never stops changing is sent at least this often, in milliseconds.
 pub const NOTIFY_DELAY_MAX_MS: u64 = 2_000;
+/// How often replication looks for open files whose changes have been quiet for the
+/// debounce window, to commit them so that they are sent, in milliseconds.
+pub const OPEN_FILES_COMMIT_POLL_MS: u64 = 100;
 /// How often the notify worker looks for new local changes, in milliseconds.
 pub const NOTIFY_POLL_MS: u64 = 20;
 /// Chunks sealed ahead of a commit that are remembered for announcing to peers; a session

@@ -91,6 +91,40 @@ fn chunks_of_a_file_still_being_written_reach_the_peer_before_its_record() {
         .chunks(keibi::limits::CHUNK_BYTES)
         .map(ChunkId::of)
         .collect();
+    // A keeps writing (its last byte, unchanged), so the file is never quiet long enough to
+    // be committed while open.
+    let writing = std::sync::atomic::AtomicBool::new(true);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let last = data.len() - 1;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                a.vfs
+                    .write(fh, last as u64, &data[last..])
+                    .expect("rewrite");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        });
+        let _stop = StopOnDrop(&writing);
+        ahead_of_the_record(&b, &ids);
+    });
+
+    a.vfs.release(fh).expect("release");
+    assert!(wait_until(20, || b.read("/growing.bin").as_deref() == Some(&data[..])));
+    assert_eq!(b.status().chunks_fetched, 8, "a chunk was fetched twice");
+}
+
+/// Clears the flag when dropped, a failed assertion included, so a looping thread ends.
+struct StopOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Checks, while the file of chunks `ids` is still being written on the other peer, that
+/// `b` has them all ahead of its record, and that a gc on `b` keeps them.
+fn ahead_of_the_record(b: &Peer, ids: &[ChunkId]) {
     // The file is still open and uncommitted on A: its chunks go ahead of its record.
     assert!(
         wait_until(20, || ids.iter().all(|id| b
@@ -115,10 +149,6 @@ fn chunks_of_a_file_still_being_written_reach_the_peer_before_its_record() {
         .and_then(keibi::gc::GcPlan::execute)
         .expect("gc on B");
     assert_eq!(swept.deleted_chunks, 0, "{swept:?}");
-
-    a.vfs.release(fh).expect("release");
-    assert!(wait_until(20, || b.read("/growing.bin").as_deref() == Some(&data[..])));
-    assert_eq!(b.status().chunks_fetched, 8, "a chunk was fetched twice");
 }
 
 /// True when `p` has a session up to each of `n` peers.
@@ -464,4 +494,43 @@ fn print_divergence(seed: u64, log: &[String], a: &Peer, b: &Peer) {
             })
             .expect("records");
     }
+}
+
+/// A file that stays open (a database, a log): its changes are committed once quiet for the
+/// debounce window and reach the peer without a close.
+#[test]
+fn changes_of_a_file_kept_open_reach_the_peer() {
+    let (a, b) = pair();
+    let (_, fh) = a
+        .vfs
+        .create(ROOT_INO, b"db.sqlite", 0o644, ME, OpenFlags::default())
+        .expect("create");
+    let first = noise(700_000, 41);
+    a.vfs.write(fh, 0, &first).expect("write");
+    a.vfs.fsync(fh).expect("fsync");
+    assert!(
+        wait_until(20, || b.read("/db.sqlite").as_deref() == Some(&first[..])),
+        "an fsynced file that stays open never reached B: {:?}",
+        b.status()
+    );
+    // A page rewritten in place and fsynced, the file still open.
+    a.vfs.write(fh, 4096, &[9u8; 4096]).expect("rewrite a page");
+    a.vfs.fsync(fh).expect("fsync");
+    let mut second = first.clone();
+    second[4096..8192].fill(9);
+    assert!(
+        wait_until(20, || b.read("/db.sqlite").as_deref() == Some(&second[..])),
+        "an in-place rewrite of a file kept open never reached B"
+    );
+    // Appended without an fsync, as a log is: it goes once quiet for the debounce window.
+    a.vfs
+        .write(fh, second.len() as u64, b"a line of log\n")
+        .expect("append");
+    let mut third = second.clone();
+    third.extend_from_slice(b"a line of log\n");
+    assert!(
+        wait_until(20, || b.read("/db.sqlite").as_deref() == Some(&third[..])),
+        "an append to a file kept open never reached B"
+    );
+    a.vfs.release(fh).expect("release");
 }

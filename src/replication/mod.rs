@@ -35,7 +35,8 @@ use serde::Serialize;
 
 use crate::id::ChunkId;
 use crate::limits::{
-    HTTP2_WINDOW_BYTES, INBOX_RETRY_MS, KEEPALIVE_INTERVAL_MS, WIRE_MESSAGE_BYTES_MAX,
+    HTTP2_WINDOW_BYTES, INBOX_RETRY_MS, KEEPALIVE_INTERVAL_MS, NOTIFY_DEBOUNCE_MS,
+    OPEN_FILES_COMMIT_POLL_MS, WIRE_MESSAGE_BYTES_MAX,
 };
 use crate::vfs::Vfs;
 
@@ -177,6 +178,21 @@ impl Replication {
                 identity.clone(),
             ));
         }
+        // Files kept open get their quiet changes committed, so that the notify workers
+        // see a record to send.
+        let quiet_vfs = Arc::clone(vfs);
+        runtime.spawn(async move {
+            let quiet = Duration::from_millis(NOTIFY_DEBOUNCE_MS);
+            loop {
+                tokio::time::sleep(Duration::from_millis(OPEN_FILES_COMMIT_POLL_MS)).await;
+                let vfs = Arc::clone(&quiet_vfs);
+                match tokio::task::spawn_blocking(move || vfs.commit_quiet_files(quiet)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!("committing a file kept open: {e}"),
+                    Err(e) => tracing::warn!("committing files kept open: {e}"),
+                }
+            }
+        });
         let retry_node = Arc::clone(&node);
         runtime.spawn(async move {
             loop {

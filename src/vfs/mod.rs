@@ -418,6 +418,39 @@ impl Vfs {
         Ok(self.tables.backend().sync()?)
     }
 
+    /// Commits the changes of open files that have not changed for `quiet`, as a close
+    /// would: writes not yet fsynced, and fsynced ones that only the journal holds, get a
+    /// record. Replication calls it, so that a file kept open (a database held open for
+    /// days, a log) reaches the peers without being closed. A file busy in another request
+    /// is left for the next call. Returns how many files were committed.
+    ///
+    /// # Errors
+    /// The first commit that failed (the others are still attempted); its data stays staged.
+    pub fn commit_quiet_files(&self, quiet: std::time::Duration) -> Result<usize> {
+        let files: Vec<_> = self.open.lock().values().cloned().collect();
+        let now = std::time::SystemTime::now();
+        let (mut committed, mut first) = (0, None);
+        for f in files {
+            let Some(mut st) = f.state.try_lock() else {
+                continue;
+            };
+            let is_quiet = st.mtime.is_some_and(|t| {
+                now.duration_since(t.into())
+                    .is_ok_and(|since| since >= quiet)
+            });
+            if !is_quiet {
+                continue;
+            }
+            match self.commit_state(&mut st, CommitMode::Seal) {
+                Ok(()) => committed += 1,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(committed), Err)
+    }
+
     /// Commits every open file and syncs: used at unmount.
     ///
     /// # Errors
