@@ -500,3 +500,69 @@ fn verify_repair_on_a_mount_fetches_a_damaged_chunk_from_the_peer() {
     b.stop();
     a.stop();
 }
+
+/// The one-line answer of `sql` on the database at `db`, read only, or `None` while it
+/// cannot be read.
+fn query(db: &Path, sql: &str) -> Option<String> {
+    let out = Command::new("sqlite3")
+        .args(["-readonly", "-bail"])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A database that a program keeps open on A: every committed transaction reaches B, where
+/// it reads whole, without the program ever closing it.
+#[test]
+fn a_database_kept_open_on_one_mount_is_read_on_the_other() {
+    if !fuse_available("a database kept open across mounts") {
+        return;
+    }
+    let p = pair();
+    let db = p.a.path().join("notes.db");
+    let mut sqlite = Command::new("sqlite3")
+        .arg(&db)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("sqlite3");
+    let stdin = sqlite.stdin.as_mut().expect("stdin");
+    let mut run = |sql: &str| {
+        stdin.write_all(sql.as_bytes()).expect("feed sqlite3");
+        stdin.flush().expect("flush");
+    };
+    let mut sql = String::from("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); BEGIN;");
+    for i in 0..2000 {
+        sql.push_str(&format!(
+            "INSERT INTO t VALUES ({i}, hex(randomblob(200)));"
+        ));
+    }
+    run(&(sql + "COMMIT;\n"));
+    let on_b = p.b.path().join("notes.db");
+    let count = "SELECT count(*) FROM t;";
+    assert!(
+        wait_until(30, || query(&on_b, count).as_deref() == Some("2000")),
+        "the first transaction never reached B ({:?}): {}",
+        query(&on_b, count),
+        p.b.log_text()
+    );
+    // Rows changed in place, the file keeping its size: only the journal holds the
+    // change on A until the file is committed, and sqlite3 keeps it open.
+    run("UPDATE t SET v = 'changed ' || id WHERE id < 50;\n");
+    let row = "SELECT v FROM t WHERE id = 7;";
+    assert!(
+        wait_until(30, || query(&on_b, row).as_deref() == Some("changed 7")),
+        "an update of a database kept open never reached B ({:?})",
+        query(&on_b, row)
+    );
+    assert_eq!(
+        query(&on_b, "PRAGMA integrity_check;").as_deref(),
+        Some("ok")
+    );
+    drop(sqlite.stdin.take());
+    assert!(sqlite.wait().expect("sqlite3").success());
+}
