@@ -535,13 +535,12 @@ fn a_database_kept_open_on_one_mount_is_read_on_the_other() {
         stdin.write_all(sql.as_bytes()).expect("feed sqlite3");
         stdin.flush().expect("flush");
     };
-    let mut sql = String::from("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); BEGIN;");
-    for i in 0..2000 {
-        sql.push_str(&format!(
-            "INSERT INTO t VALUES ({i}, hex(randomblob(200)));"
-        ));
-    }
-    run(&(sql + "COMMIT;\n"));
+    let inserts: String = (0..2000)
+        .map(|i| format!("INSERT INTO t VALUES ({i}, hex(randomblob(200)));"))
+        .collect();
+    run(&format!(
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); BEGIN; {inserts} COMMIT;\n"
+    ));
     let on_b = p.b.path().join("notes.db");
     let count = "SELECT count(*) FROM t;";
     assert!(
