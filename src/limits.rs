@@ -227,3 +227,19 @@ const _: () =
     assert!(WIRE_BATCH_BYTES_MAX + WIRE_MANIFEST_PART_CHUNKS * 34 < WIRE_MESSAGE_BYTES_MAX);
 const _: () = assert!(CHUNK_BYTES + 1024 < WIRE_MESSAGE_BYTES_MAX);
 const _: () = assert!(FETCH_CHUNKS_PER_STREAM <= WIRE_CHUNKS_PER_REQUEST_MAX);
+
+/// New chunks are refused while the disk holding the store has less than this free (or
+/// [`STORE_FREE_PERCENT_MIN`] of the disk, when that is more), so that the store itself
+/// never fills the disk: removes and gc keep working, and so the space can be had back
+/// through the mount. It covers what RocksDB has yet to flush (96 MiB of memtables).
+pub const STORE_FREE_BYTES_MIN: u64 = 128 * 1024 * 1024;
+/// The free space kept, in percent of the disk, when more than [`STORE_FREE_BYTES_MIN`].
+pub const STORE_FREE_PERCENT_MIN: u64 = 1;
+/// On a disk so small that [`STORE_FREE_BYTES_MIN`] would be more than this percent of it,
+/// this percent is kept instead.
+pub const STORE_FREE_PERCENT_MAX: u64 = 10;
+/// How often the chunk store looks at the free space again while it writes: every this many
+/// milliseconds or [`STORE_FREE_CHECK_BYTES`] written, whichever comes first.
+pub const STORE_FREE_CHECK_MS: u64 = 100;
+/// See [`STORE_FREE_CHECK_MS`].
+pub const STORE_FREE_CHECK_BYTES: u64 = 16 * 1024 * 1024;

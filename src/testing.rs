@@ -141,6 +141,9 @@ impl Backend for FailingBackend {
     fn compact(&self, cf: Cf) -> store::Result<()> {
         self.inner.compact(cf)
     }
+    fn disk_space(&self) -> store::Result<Option<store::DiskSpace>> {
+        self.inner.disk_space()
+    }
     fn disk_bytes(&self, cf: Cf) -> store::Result<u64> {
         self.inner.disk_bytes(cf)
     }

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use keibi::gc::GcPlan;
 use keibi::id::ROOT_INO;
 use keibi::store::rocks::RocksBackend;
 use keibi::store::{Backend, Batch, Cf, Durability};
@@ -152,11 +153,7 @@ fn fill_then_reopen(dir: &Path) {
         dir.join("store.reserve").exists(),
         "no reserve beside the store"
     );
-    let filler = noise(1 << 20, 9);
-    let mut f = std::fs::File::create(dir.join("filler")).expect("filler");
-    let full = (0..1024).find_map(|_| std::io::Write::write_all(&mut f, &filler).err());
-    assert!(full.is_some(), "the tmpfs never filled up");
-    drop(f);
+    fill_up(&dir.join("filler"));
     let db = RocksBackend::open(&path, false).expect("a store on a full disk opens again");
     for (k, v) in &values {
         assert_eq!(db.get(Cf::Meta, k).expect("get").as_ref(), Some(v));
@@ -172,28 +169,57 @@ fn a_store_whose_disk_filled_up_opens_again() {
     );
 }
 
-/// The child's part: a disk filled by the store's own writes, then space given back by
-/// something else. RocksDB resumes on its own once enough is free (it polls every 5 s), so
-/// the failed commit goes through when tried again, without a restart, and nothing written
-/// before the disk filled is lost.
+/// Fills the filesystem of `path` to the last byte with a file at `path`.
+fn fill_up(path: &Path) {
+    let filler = noise(1 << 20, 9);
+    let mut f = std::fs::File::create(path).expect("filler");
+    let full = (0..4096).find_map(|_| std::io::Write::write_all(&mut f, &filler).err());
+    assert!(full.is_some(), "the filesystem never filled up");
+}
+
+/// Reads the whole file `ino` through `vfs`.
+fn read_back(vfs: &Vfs, ino: u64, len: usize) -> Vec<u8> {
+    let fh = vfs.open(ino, OpenFlags::default()).expect("open");
+    let mut back = Vec::with_capacity(len);
+    while back.len() < len {
+        let part = vfs.read(fh, back.len() as u64, 1 << 20).expect("read");
+        assert!(!part.is_empty(), "short file");
+        back.extend_from_slice(&part);
+    }
+    vfs.release(fh).expect("release");
+    back
+}
+
+/// The child's part: chunks of a file being written wait in RocksDB's memory when another
+/// program fills the disk, so RocksDB's flush fails and it stops taking writes. Once that
+/// program's file is gone RocksDB resumes on its own (it polls every 5 s), the commit goes
+/// through when tried again, without a restart, and nothing written is lost.
 fn fill_free_then_write(dir: &Path) {
-    let ballast = dir.join("ballast");
-    std::fs::write(&ballast, noise(200 << 20, 5)).expect("ballast");
     let fx = testing::rocks(&dir.join("home")).expect("fixture");
     let (attr, fh) = fx
         .vfs
         .create(ROOT_INO, b"big", 0o644, ME, OpenFlags::default())
         .expect("create");
-    let data = noise(96 << 20, 3);
-    let (written, _) = write_until_full(&fx.vfs, fh, &data);
+    // Less than one chunk memtable: its chunks are stored, but only in memory.
+    let data = noise(24 << 20, 3);
+    for (i, piece) in data.chunks(1 << 20).enumerate() {
+        fx.vfs.write(fh, (i as u64) << 20, piece).expect("write");
+    }
+    let ballast = dir.join("ballast");
+    fill_up(&ballast);
+    let stopped = fx.backend.flush();
+    assert!(
+        matches!(stopped, Err(keibi::store::Error::NoSpace(_))),
+        "RocksDB flushed into a full disk: {stopped:?}"
+    );
+    assert!(
+        fx.vfs.fsync(fh).is_err(),
+        "a commit went through a stopped store"
+    );
     std::fs::remove_file(&ballast).expect("remove ballast");
     let start = Instant::now();
     let resumed = loop {
-        let r = fx
-            .vfs
-            .write(fh, written as u64, &data[written..])
-            .and_then(|_| fx.vfs.fsync(fh));
-        match r {
+        match fx.vfs.fsync(fh) {
             Ok(()) => break Ok(start.elapsed()),
             Err(e) if start.elapsed() > Duration::from_secs(30) => break Err(e),
             Err(_) => std::thread::sleep(Duration::from_millis(250)),
@@ -206,15 +232,8 @@ fn fill_free_then_write(dir: &Path) {
         fx.vfs.getattr(attr.ino).expect("getattr").size,
         data.len() as u64
     );
-    let fh = fx.vfs.open(attr.ino, OpenFlags::default()).expect("open");
-    let mut back = Vec::with_capacity(data.len());
-    while back.len() < data.len() {
-        let part = fx.vfs.read(fh, back.len() as u64, 1 << 20).expect("read");
-        assert!(!part.is_empty(), "short file");
-        back.extend_from_slice(&part);
-    }
     assert!(
-        back == data,
+        read_back(&fx.vfs, attr.ino, data.len()) == data,
         "the file reads back whole after the disk filled and emptied"
     );
 }
@@ -226,5 +245,93 @@ fn a_store_takes_writes_again_once_space_is_freed() {
         "256m",
         "resuming after a full disk",
         fill_free_then_write,
+    );
+}
+
+/// The child's part: files written until the store refuses, which it does at its floor of
+/// free space, before the disk is full: RocksDB never stops, so removing files and a gc
+/// give the space back through the store itself, and writes go on at once.
+fn fill_to_the_floor_then_empty(dir: &Path) {
+    let fx = testing::rocks(&dir.join("home")).expect("fixture");
+    // Leave the store 400 MiB of a 2 GiB filesystem (so it keeps 128 MiB free).
+    let ballast = dir.join("ballast");
+    let space = fx.backend.disk_space().expect("space").expect("a disk");
+    let leave = 400u64 << 20;
+    let status = Command::new("fallocate")
+        .args(["-l", &(space.available - leave).to_string()])
+        .arg(&ballast)
+        .status()
+        .expect("fallocate");
+    assert!(status.success(), "fallocate failed");
+    let mut files = Vec::new();
+    let refused = loop {
+        assert!(files.len() < 64, "the store never refused a file");
+        let data = noise(32 << 20, 100 + files.len() as u64);
+        let name = format!("f{}", files.len());
+        let (attr, fh) = fx
+            .vfs
+            .create(ROOT_INO, name.as_bytes(), 0o644, ME, OpenFlags::default())
+            .expect("create");
+        let wrote = data
+            .chunks(1 << 20)
+            .enumerate()
+            .try_for_each(|(i, piece)| fx.vfs.write(fh, (i as u64) << 20, piece).map(|_| ()));
+        let closed = fx.vfs.release(fh);
+        match wrote.and(closed) {
+            Ok(()) => files.push((name, attr.ino, data)),
+            Err(e) => break (name, e),
+        }
+    };
+    let (failed, e) = refused;
+    let text = e.to_string();
+    assert!(text.contains("keeps 128 MiB free"), "{text}");
+    let left = fx
+        .backend
+        .disk_space()
+        .expect("space")
+        .expect("a disk")
+        .available;
+    assert!(
+        left >= 100 << 20,
+        "the store took the disk down to {left} bytes free"
+    );
+    // RocksDB takes writes: the files go, and gc frees their chunks.
+    let _ = fx.vfs.unlink(ROOT_INO, failed.as_bytes());
+    let (kept_name, kept_ino, kept) = files.remove(0);
+    for (name, _, _) in &files {
+        fx.vfs
+            .unlink(ROOT_INO, name.as_bytes())
+            .expect("unlink at the floor");
+    }
+    let report = GcPlan::compute(&fx.chunks, &|| fx.vfs.staged_chunks())
+        .and_then(GcPlan::execute)
+        .expect("gc at the floor");
+    assert!(report.deleted_chunks > 0, "{report:?}");
+    // At once (past the store's 100 ms between looks at the disk), a new file goes in.
+    std::thread::sleep(Duration::from_millis(150));
+    let data = noise(32 << 20, 99);
+    let (attr, fh) = fx
+        .vfs
+        .create(ROOT_INO, b"after", 0o644, ME, OpenFlags::default())
+        .expect("create after");
+    fx.vfs.write(fh, 0, &data).expect("write after gc");
+    fx.vfs.release(fh).expect("commit after gc");
+    assert!(
+        read_back(&fx.vfs, attr.ino, data.len()) == data,
+        "after differs"
+    );
+    assert!(
+        read_back(&fx.vfs, kept_ino, kept.len()) == kept,
+        "{kept_name} differs"
+    );
+}
+
+#[test]
+fn a_disk_the_store_filled_is_emptied_through_the_store() {
+    on_a_tmpfs(
+        "a_disk_the_store_filled_is_emptied_through_the_store",
+        "2g",
+        "the store's floor of free space",
+        fill_to_the_floor_then_empty,
     );
 }

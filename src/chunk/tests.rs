@@ -1,5 +1,5 @@
 //! The chunk store's own tests: splitting, what a read in part caches, and the chunks kept
-//! ahead of their record.
+//! ahead of their record, and the free space kept.
 
 use super::*;
 use crate::store::mem::MemBackend;
@@ -84,4 +84,14 @@ fn chunks_kept_ahead_of_their_record_are_bounded_oldest_first() {
     assert_eq!(kept.len(), CHUNKS_AHEAD_KEPT_MAX);
     assert_eq!(kept.first(), Some(&ids[1]), "the oldest goes first");
     assert_eq!(kept.last(), ids.last());
+}
+
+#[test]
+fn the_free_space_kept_grows_with_the_disk_within_bounds() {
+    const MIB: u64 = 1 << 20;
+    // 10% of a small disk, 128 MiB of a middling one, 1% of a large one.
+    assert_eq!(free_space_floor(256 * MIB), 256 * MIB / 10);
+    assert_eq!(free_space_floor(2048 * MIB), STORE_FREE_BYTES_MIN);
+    assert_eq!(free_space_floor(1 << 40), (1 << 40) / 100);
+    assert_eq!(free_space_floor(0), 0);
 }

@@ -143,6 +143,15 @@ pub enum Durability {
 /// What a scan callback saw: key and value of one entry.
 pub type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>;
 
+/// The filesystem holding a store, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskSpace {
+    /// Its size.
+    pub total: u64,
+    /// What an unprivileged writer may still use.
+    pub available: u64,
+}
+
 /// What a key-only scan ([`Backend::skim`]) does after a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Skim {
@@ -262,6 +271,15 @@ pub trait Backend: Send + Sync {
     /// # Errors
     /// Database errors.
     fn disk_bytes(&self, cf: Cf) -> Result<u64>;
+
+    /// Size and space available to this process of the filesystem holding the store;
+    /// `None` for a store that takes no disk space (the in-memory twin).
+    ///
+    /// # Errors
+    /// The filesystem cannot be examined.
+    fn disk_space(&self) -> Result<Option<DiskSpace>> {
+        Ok(None)
+    }
 
     /// Syncs the write-ahead log: every write so far becomes durable.
     ///

@@ -14,7 +14,7 @@ use rocksdb::{
     DBCompressionType, ErrorKind, Options, ReadOptions, WriteBatch, WriteOptions,
 };
 
-use super::{Backend, Batch, Cf, Durability, Error, Op, Result, Skim, Visit};
+use super::{Backend, Batch, Cf, DiskSpace, Durability, Error, Op, Result, Skim, Visit};
 
 /// Values of at least this many bytes go to blob files.
 const BLOB_MIN_BYTES: u64 = 4096;
@@ -383,6 +383,20 @@ impl Backend for RocksBackend {
             .map_err(|e| self.err(&e))?
             .unwrap_or(0);
         Ok(sst + blob)
+    }
+
+    fn disk_space(&self) -> Result<Option<DiskSpace>> {
+        let s = nix::sys::statvfs::statvfs(&self.path).map_err(|e| {
+            Error::Io(format!(
+                "examining the disk of {}: {e}",
+                self.path.display()
+            ))
+        })?;
+        let frag = s.fragment_size();
+        Ok(Some(DiskSpace {
+            total: s.blocks().saturating_mul(frag),
+            available: s.blocks_available().saturating_mul(frag),
+        }))
     }
 
     fn sync(&self) -> Result<()> {

@@ -402,7 +402,11 @@ impl Vfs {
         Ok(StatFs {
             blocks: total.total / bsize,
             bfree: total.free / bsize,
-            bavail: total.available / bsize,
+            // What the store keeps free is not available to files.
+            bavail: total
+                .available
+                .saturating_sub(crate::chunk::free_space_floor(total.total))
+                / bsize,
             files: u64::from(u32::MAX),
             ffree: u64::from(u32::MAX) / 2,
             bsize: 4096,
