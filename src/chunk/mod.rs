@@ -15,11 +15,12 @@ pub mod crypt;
 pub mod frame;
 mod gc;
 pub mod pieces;
+mod space;
 
 use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use blake3::hazmat::ChainingValue;
 use lru::LruCache;
@@ -27,14 +28,13 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::id::ChunkId;
 use crate::limits::{
-    CHUNK_AHEAD_KEPT_SECS, CHUNK_BYTES, CHUNK_BYTES_U64, CHUNK_CACHE_ENTRIES_MAX,
-    CHUNKS_AHEAD_KEPT_MAX, GC_PROTECTED_CHUNKS_MAX, PIECE_BYTES, PIECES_PER_CHUNK_MAX,
-    STORE_FREE_BYTES_MIN, STORE_FREE_CHECK_BYTES, STORE_FREE_CHECK_MS, STORE_FREE_PERCENT_MAX,
-    STORE_FREE_PERCENT_MIN, UNLOGGED_CHUNKS_MAX,
+    CHUNK_BYTES, CHUNK_BYTES_U64, CHUNK_CACHE_ENTRIES_MAX, GC_PROTECTED_CHUNKS_MAX, PIECE_BYTES,
+    PIECES_PER_CHUNK_MAX, UNLOGGED_CHUNKS_MAX,
 };
 use crate::store::{self, Backend, Batch, Cf, Durability, keys};
 
 pub use crypt::Cipher;
+pub use space::free_space_floor;
 
 /// Errors of the chunk layer.
 #[derive(Debug, thiserror::Error)]
@@ -140,32 +140,7 @@ pub struct ChunkStore {
     /// [`CHUNK_AHEAD_KEPT_SECS`], at most [`CHUNKS_AHEAD_KEPT_MAX`] of them.
     ahead: Mutex<VecDeque<(Instant, ChunkId)>>,
     /// The last look at the free space of the store's disk.
-    space: Mutex<SpaceCheck>,
-}
-
-/// When the chunk store last looked at the free space, and what it saw.
-#[derive(Default)]
-struct SpaceCheck {
-    at: Option<Instant>,
-    /// Frame bytes written since.
-    written: u64,
-    /// Bytes free then beyond the floor (0 when under it).
-    spare: u64,
-    /// The floor, and what was left, for the error message.
-    floor: u64,
-    available: u64,
-}
-
-/// The free space kept on a disk of `total` bytes: [`STORE_FREE_BYTES_MIN`] or
-/// [`STORE_FREE_PERCENT_MIN`] of it, whichever is more, and at most
-/// [`STORE_FREE_PERCENT_MAX`] of it.
-#[must_use]
-pub fn free_space_floor(total: u64) -> u64 {
-    let percent =
-        |p: u64| u64::try_from(u128::from(total) * u128::from(p) / 100).unwrap_or(u64::MAX);
-    STORE_FREE_BYTES_MIN
-        .max(percent(STORE_FREE_PERCENT_MIN))
-        .min(percent(STORE_FREE_PERCENT_MAX))
+    space: Mutex<space::SpaceCheck>,
 }
 
 impl ChunkStore {
@@ -182,64 +157,8 @@ impl ChunkStore {
             unlogged: Mutex::new(HashSet::new()),
             remote: RwLock::new(None),
             ahead: Mutex::new(VecDeque::new()),
-            space: Mutex::new(SpaceCheck::default()),
+            space: Mutex::new(space::SpaceCheck::default()),
         }
-    }
-
-    /// Refuses a new frame of `len` bytes when the disk holding the store is down to its
-    /// floor ([`free_space_floor`]), looking again every [`STORE_FREE_CHECK_MS`] or
-    /// [`STORE_FREE_CHECK_BYTES`].
-    fn check_space(&self, len: u64) -> Result<(), Error> {
-        let mut c = self.space.lock();
-        let stale = c.at.is_none_or(|at| {
-            at.elapsed() >= Duration::from_millis(STORE_FREE_CHECK_MS)
-                || c.written >= STORE_FREE_CHECK_BYTES
-        });
-        if stale {
-            let Some(space) = self.backend.disk_space()? else {
-                return Ok(());
-            };
-            let floor = free_space_floor(space.total);
-            *c = SpaceCheck {
-                at: Some(Instant::now()),
-                written: 0,
-                spare: space.available.saturating_sub(floor),
-                floor,
-                available: space.available,
-            };
-        }
-        if c.spare < c.written.saturating_add(len) {
-            return Err(Error::Store(store::Error::NoSpace(format!(
-                "keibi keeps {} MiB free on the disk of its store and {} MiB are left: \
-                 remove files (then `keibi gc`, or wait for the mount's) or free space \
-                 elsewhere on that disk",
-                c.floor >> 20,
-                c.available.saturating_sub(c.written) >> 20
-            ))));
-        }
-        c.written += len;
-        Ok(())
-    }
-
-    /// Notes that `id` is being stored ahead of the record that will reference it, so that a gc
-    /// in the meantime keeps it (for a while: the record may never come).
-    pub fn stored_ahead(&self, id: ChunkId) {
-        let mut ahead = self.ahead.lock();
-        if ahead.len() >= CHUNKS_AHEAD_KEPT_MAX {
-            ahead.pop_front();
-        }
-        ahead.push_back((Instant::now(), id));
-    }
-
-    /// The chunks stored ahead of their record in the last [`CHUNK_AHEAD_KEPT_SECS`] (older
-    /// ones are forgotten): gc's mark counts them as referenced.
-    pub fn kept_ahead(&self) -> Vec<ChunkId> {
-        let mut ahead = self.ahead.lock();
-        let keep = Duration::from_secs(CHUNK_AHEAD_KEPT_SECS);
-        while ahead.front().is_some_and(|(at, _)| at.elapsed() > keep) {
-            ahead.pop_front();
-        }
-        ahead.iter().map(|(_, id)| *id).collect()
     }
 
     /// Makes [`Self::get`] fetch missing chunks through `remote`; `None` stops it (the

@@ -1,7 +1,8 @@
-//! The chunk store's own tests: splitting, what a read in part caches, and the chunks kept
+//! The chunk store's own tests: splitting, what a read in part caches, the chunks kept
 //! ahead of their record, and the free space kept.
 
 use super::*;
+use crate::limits::{CHUNKS_AHEAD_KEPT_MAX, STORE_FREE_BYTES_MIN};
 use crate::store::mem::MemBackend;
 use proptest::prelude::*;
 
