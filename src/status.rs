@@ -29,6 +29,19 @@ pub struct StoreFigures {
     pub stored_bytes: u64,
     /// Bytes of the database files on disk.
     pub disk_bytes: u64,
+    /// The disk holding the store, when it has one.
+    pub disk: Option<DiskFigures>,
+}
+
+/// The disk holding the store.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DiskFigures {
+    /// Its size.
+    pub total_bytes: u64,
+    /// Free for this process.
+    pub available_bytes: u64,
+    /// Kept free by the store: new chunks are refused below it.
+    pub kept_free_bytes: u64,
 }
 
 impl StoreFigures {
@@ -72,6 +85,11 @@ impl StoreFigures {
         for cf in Cf::ALL {
             f.disk_bytes += backend.disk_bytes(cf)?;
         }
+        f.disk = backend.disk_space()?.map(|d| DiskFigures {
+            total_bytes: d.total,
+            available_bytes: d.available,
+            kept_free_bytes: crate::chunk::free_space_floor(d.total),
+        });
         bad.map_or(Ok(f), Err)
     }
 }

@@ -71,6 +71,29 @@ fn init_id_status_and_errors() {
         .assert()
         .success()
         .stdout(predicate::str::contains("\"files\": 0"));
+    // The disk of the store, and what the store keeps free on it.
+    let out = keibi(&home)
+        .arg("status")
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let out = String::from_utf8(out).expect("utf8");
+    assert!(out.contains("kept free, so"), "{out}");
+    let out = keibi(&home)
+        .args(["status", "--json"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let kept = v["disk"]["kept_free_bytes"]
+        .as_u64()
+        .expect("kept_free_bytes");
+    let total = v["disk"]["total_bytes"].as_u64().expect("total_bytes");
+    assert_eq!(kept, keibi::chunk::free_space_floor(total), "{v}");
     // Following replication needs a running mount, and prints either a bar or JSON.
     keibi(&home)
         .args(["status", "--watch"])

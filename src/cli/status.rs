@@ -123,6 +123,22 @@ pub(crate) fn render(s: &Status, json: bool) -> anyhow::Result<String> {
         super::bytes(f.stored_bytes)
     )?;
     writeln!(out, "on disk:   {}", super::bytes(f.disk_bytes))?;
+    if let Some(d) = &f.disk {
+        let room = d.available_bytes.saturating_sub(d.kept_free_bytes);
+        writeln!(
+            out,
+            "disk:      {} free of {}; {} kept free, so {} left for files{}",
+            super::bytes(d.available_bytes),
+            super::bytes(d.total_bytes),
+            super::bytes(d.kept_free_bytes),
+            super::bytes(room),
+            if room == 0 {
+                " (new data is refused)"
+            } else {
+                ""
+            }
+        )?;
+    }
     if let Some(r) = &s.replication {
         render_replication(&mut out, r)?;
     }
