@@ -221,17 +221,7 @@ fn gc_deletes_frames_left_without_an_index_entry() -> TestResult {
     }
     fx.backend.write(batch, Durability::Buffered)?;
     fx.backend.flush()?;
-    let verify = || {
-        keibi::verify::run(
-            fx.backend.as_ref(),
-            fx.chunks.cipher(),
-            keibi::verify::Options {
-                sample_percent: 100,
-                progress: false,
-            },
-        )
-    };
-    assert_eq!(verify().orphan_chunks, 2);
+    assert_eq!(fx.verify_all().orphan_chunks, 2);
 
     let plan = GcPlan::compute(&fx.chunks, &|| fx.vfs.staged_chunks())?;
     let mut planned = plan.orphans.clone();
@@ -242,7 +232,7 @@ fn gc_deletes_frames_left_without_an_index_entry() -> TestResult {
     let report = plan.execute()?;
     assert_eq!(report.deleted_orphans, 2, "{report:?}");
 
-    let after = verify();
+    let after = fx.verify_all();
     assert_eq!(after.orphan_chunks, 0);
     assert!(
         fx.backend.get(Cf::Chunks, &orphan_big.0)?.is_none(),
@@ -303,18 +293,6 @@ fn gc_frees_the_space_of_chunks_stored_beside_live_ones() -> TestResult {
     Ok(())
 }
 
-/// Waits (bounded) until `done` holds; false if it never did.
-fn eventually(mut done: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < std::time::Duration::from_secs(30) {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    false
-}
-
 /// The automatic gc of a mount: it deletes the chunks of a removed file on its own, keeps
 /// those still referenced, and does not run again while no record changes.
 #[test]
@@ -329,7 +307,7 @@ fn automatic_gc_collects_the_chunks_of_a_removed_file() -> TestResult {
     let vfs = Arc::new(fx.vfs);
     let auto = AutoGc::start(Arc::clone(&vfs), Duration::from_millis(50))?;
     assert!(
-        eventually(|| auto.last_run().is_some()),
+        common::wait_until(30, || auto.last_run().is_some()),
         "no automatic run within 30 s"
     );
     for id in &ids {
@@ -337,13 +315,15 @@ fn automatic_gc_collects_the_chunks_of_a_removed_file() -> TestResult {
     }
     vfs.unlink(ROOT_INO, b"gone")?;
     assert!(
-        eventually(|| ids.iter().all(|id| !fx.chunks.contains(id).unwrap_or(true))),
+        common::wait_until(30, || ids
+            .iter()
+            .all(|id| !fx.chunks.contains(id).unwrap_or(true))),
         "the removed file's chunks are still stored: {:?}",
         auto.last_run()
     );
     // The run that deleted them has ended (its compaction included).
     assert!(
-        eventually(|| auto.last_run().is_some_and(|r| r.deleted_chunks > 0)),
+        common::wait_until(30, || auto.last_run().is_some_and(|r| r.deleted_chunks > 0)),
         "{:?}",
         auto.last_run()
     );
