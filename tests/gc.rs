@@ -294,7 +294,8 @@ fn gc_frees_the_space_of_chunks_stored_beside_live_ones() -> TestResult {
 }
 
 /// The automatic gc of a mount: it deletes the chunks of a removed file on its own, keeps
-/// those still referenced, and does not run again while no record changes.
+/// those still referenced, does not run again while no record changes, and skips a run
+/// while a manual one is active.
 #[test]
 fn automatic_gc_collects_the_chunks_of_a_removed_file() -> TestResult {
     let dir = tempfile::tempdir()?;
@@ -332,6 +333,15 @@ fn automatic_gc_collects_the_chunks_of_a_removed_file() -> TestResult {
     let last = auto.last_run().expect("ran");
     assert_eq!(last.runs, runs, "gc ran again with no record changed");
     assert!(last.error.is_none(), "{last:?}");
+    // While a manual run holds the store, a change makes the next automatic run a skip.
+    let manual = GcPlan::compute(&fx.chunks, &|| vfs.staged_chunks())?;
+    put_file(&vfs, ROOT_INO, "new", b"a change");
+    assert!(
+        common::wait_until(30, || auto.last_run().is_some_and(|r| r.skipped)),
+        "{:?}",
+        auto.last_run()
+    );
+    drop(manual);
     auto.stop();
     assert!(read_all(&vfs, kept_ino) == kept, "kept changed");
     Ok(())

@@ -158,7 +158,8 @@ fn render_auto_gc(out: &mut String, g: &AutoGcFigures) -> std::fmt::Result {
             match &r.error {
                 Some(e) => writeln!(
                     out,
-                    "gc:        every {every}; last run {ago} ago failed: {e}"
+                    "gc:        every {every}; last run {ago} ago {}: {e}",
+                    if r.skipped { "skipped" } else { "failed" }
                 ),
                 None => writeln!(
                     out,

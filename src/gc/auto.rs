@@ -28,6 +28,9 @@ pub struct LastRun {
     pub deleted_bytes: u64,
     /// Why it did not run to the end, if it did not.
     pub error: Option<String>,
+    /// Whether that was a skip (a manual run was active, or writers outgrew the protection
+    /// bound), not a failure.
+    pub skipped: bool,
 }
 
 /// State shared with the thread.
@@ -137,23 +140,27 @@ fn collect_every(vfs: &Vfs, every: Duration, shared: &Shared) {
                     deleted_chunks: r.deleted_chunks + r.deleted_orphans,
                     deleted_bytes: r.deleted_bytes,
                     error: None,
+                    skipped: false,
                 }
             }
             Err(e) => {
-                match e {
+                let skipped = match e {
                     Error::Busy | Error::Chunk(crate::chunk::Error::GcOverrun) => {
                         tracing::info!(error = %e, "gc: skipped until the next interval");
+                        true
                     }
                     Error::MarkFailed(_) | Error::Store(_) | Error::Chunk(_) => {
                         tracing::warn!(error = %e, "gc failed; tried again at the next interval");
+                        false
                     }
-                }
+                };
                 LastRun {
                     runs,
                     ended_unix_secs,
                     deleted_chunks: 0,
                     deleted_bytes: 0,
                     error: Some(e.to_string()),
+                    skipped,
                 }
             }
         };
