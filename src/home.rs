@@ -232,28 +232,3 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
     f.write_all(data).map_err(io(path))?;
     f.sync_all().map_err(io(path))
 }
-
-/// Space on the filesystem holding `path`, in bytes.
-#[derive(Clone, Copy, Debug)]
-pub struct Space {
-    /// Size of the filesystem.
-    pub total: u64,
-    /// Free bytes.
-    pub free: u64,
-    /// Free bytes for unprivileged users.
-    pub available: u64,
-}
-
-/// Space on the filesystem holding `path`.
-///
-/// # Errors
-/// `statvfs` failed.
-pub fn disk_space(path: &Path) -> std::io::Result<Space> {
-    let s = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
-    let frag = s.fragment_size();
-    Ok(Space {
-        total: s.blocks() * frag,
-        free: s.blocks_free() * frag,
-        available: s.blocks_available() * frag,
-    })
-}

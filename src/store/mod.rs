@@ -148,8 +148,24 @@ pub type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> ControlFlow<()>;
 pub struct DiskSpace {
     /// Its size.
     pub total: u64,
+    /// Free.
+    pub free: u64,
     /// What an unprivileged writer may still use.
     pub available: u64,
+}
+
+/// Space on the filesystem holding `path`.
+///
+/// # Errors
+/// `statvfs` failed.
+pub fn disk_space(path: &std::path::Path) -> std::io::Result<DiskSpace> {
+    let s = nix::sys::statvfs::statvfs(path).map_err(std::io::Error::from)?;
+    let frag = s.fragment_size();
+    Ok(DiskSpace {
+        total: s.blocks().saturating_mul(frag),
+        free: s.blocks_free().saturating_mul(frag),
+        available: s.blocks_available().saturating_mul(frag),
+    })
 }
 
 /// What a key-only scan ([`Backend::skim`]) does after a key.

@@ -386,17 +386,12 @@ impl Backend for RocksBackend {
     }
 
     fn disk_space(&self) -> Result<Option<DiskSpace>> {
-        let s = nix::sys::statvfs::statvfs(&self.path).map_err(|e| {
+        super::disk_space(&self.path).map(Some).map_err(|e| {
             Error::Io(format!(
                 "examining the disk of {}: {e}",
                 self.path.display()
             ))
-        })?;
-        let frag = s.fragment_size();
-        Ok(Some(DiskSpace {
-            total: s.blocks().saturating_mul(frag),
-            available: s.blocks_available().saturating_mul(frag),
-        }))
+        })
     }
 
     fn sync(&self) -> Result<()> {

@@ -396,7 +396,7 @@ impl Vfs {
     /// # Errors
     /// The store directory cannot be examined.
     pub fn statfs(&self) -> Result<StatFs> {
-        let total = crate::home::disk_space(&self.statfs_path)
+        let total = store::disk_space(&self.statfs_path)
             .map_err(|e| Error::Store(store::Error::Io(e.to_string())))?;
         let bsize = 4096u64;
         Ok(StatFs {
