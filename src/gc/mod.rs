@@ -3,12 +3,13 @@
 //! [`GcPlan::compute`] starts gc protection in the chunk store (every chunk written or
 //! referenced from then on is kept), marks every chunk referenced by a record (tombstones
 //! of files still open included), by staged data or fetched ahead of its record within the
-//! hour, and lists the rest. Printing the plan is
-//! `--dry-run`; [`GcPlan::execute`] deletes in bounded batches and compacts so that the disk
-//! space is freed. The plan also lists orphans: chunk frames without an index entry (left
-//! by a crash or a full disk between the two flushes of chunks written unlogged) that no
-//! record references; gc deletes them like unreferenced chunks. Any read error during the mark aborts the run: a chunk is never deleted
-//! on the strength of an incomplete mark. No tasks are spawned.
+//! hour, and lists the rest. The plan also lists orphans: chunk frames without an index
+//! entry (left by a crash or a full disk between the two flushes of chunks written
+//! unlogged) that no record references; gc deletes them like unreferenced chunks. Printing
+//! the plan is `--dry-run`; [`GcPlan::execute`] deletes in bounded batches and compacts so
+//! that the disk space is freed. Any read error during the mark aborts the run: a chunk is
+//! never deleted on the strength of an incomplete mark. No tasks are spawned here; the
+//! mount's automatic runs ([`auto`]) have a thread of their own.
 
 pub mod auto;
 
