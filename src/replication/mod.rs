@@ -183,14 +183,22 @@ impl Replication {
         let quiet_vfs = Arc::clone(vfs);
         runtime.spawn(async move {
             let quiet = Duration::from_millis(NOTIFY_DEBOUNCE_MS);
+            // A failure tried again every poll (a full disk) is logged once, not each time.
+            let mut failing: Option<String> = None;
             loop {
                 tokio::time::sleep(Duration::from_millis(OPEN_FILES_COMMIT_POLL_MS)).await;
                 let vfs = Arc::clone(&quiet_vfs);
-                match tokio::task::spawn_blocking(move || vfs.commit_quiet_files(quiet)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!("committing a file kept open: {e}"),
-                    Err(e) => tracing::warn!("committing files kept open: {e}"),
+                let why = match tokio::task::spawn_blocking(move || vfs.commit_quiet_files(quiet))
+                    .await
+                {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => Some(format!("committing a file kept open: {e}")),
+                    Err(e) => Some(format!("committing files kept open: {e}")),
+                };
+                if why.is_some() && why != failing {
+                    tracing::warn!("{}", why.as_deref().unwrap_or_default());
                 }
+                failing = why;
             }
         });
         let retry_node = Arc::clone(&node);
