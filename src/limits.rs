@@ -26,6 +26,13 @@ pub const SYMLINK_TARGET_BYTES_MAX: usize = 4096;
 pub const TREE_DEPTH_MAX: usize = 4096;
 /// Largest encoded file record, in bytes (a record of a [`FILE_BYTES_MAX`] file plus slack).
 pub const RECORD_BYTES_MAX: usize = 72 * 1024 * 1024;
+/// Longest extended attribute name, in bytes (as Linux's `XATTR_NAME_MAX`).
+pub const XATTR_NAME_BYTES_MAX: usize = 255;
+/// Largest extended attribute value, in bytes (as Linux's `XATTR_SIZE_MAX`).
+pub const XATTR_VALUE_BYTES_MAX: usize = 64 * 1024;
+/// Extended attributes of one file together: each name with its NUL plus its value. A
+/// listing of them then fits Linux's `XATTR_LIST_MAX` (64 KiB); ext4 allows one block.
+pub const XATTR_BYTES_PER_FILE_MAX: usize = 64 * 1024;
 
 /// Zstd level used for chunk payloads: level 1 compresses at hundreds of MB/s per core.
 pub const ZSTD_LEVEL: i32 = 1;
@@ -222,9 +229,12 @@ pub const KEEPALIVE_INTERVAL_MS: u64 = 5_000;
 /// Configured peers.
 pub const PEERS_MAX: usize = 64;
 
-const _: () = assert!(WIRE_MANIFEST_PART_CHUNKS * 34 + 64 * 1024 < WIRE_MESSAGE_BYTES_MAX);
-const _: () =
-    assert!(WIRE_BATCH_BYTES_MAX + WIRE_MANIFEST_PART_CHUNKS * 34 < WIRE_MESSAGE_BYTES_MAX);
+/// Largest encoded record part: a full manifest part, extended attributes (each costs at
+/// most its own bytes again in protobuf framing) and the other fields.
+const WIRE_RECORD_PART_BYTES_MAX: usize =
+    WIRE_MANIFEST_PART_CHUNKS * 34 + 2 * XATTR_BYTES_PER_FILE_MAX + 64 * 1024;
+const _: () = assert!(WIRE_RECORD_PART_BYTES_MAX < WIRE_MESSAGE_BYTES_MAX);
+const _: () = assert!(WIRE_BATCH_BYTES_MAX + WIRE_RECORD_PART_BYTES_MAX < WIRE_MESSAGE_BYTES_MAX);
 const _: () = assert!(CHUNK_BYTES + 1024 < WIRE_MESSAGE_BYTES_MAX);
 const _: () = assert!(FETCH_CHUNKS_PER_STREAM <= WIRE_CHUNKS_PER_REQUEST_MAX);
 

@@ -253,7 +253,8 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// What a tree holds, by path: kind, permission bits, and the content (file bytes' hash,
-/// symlink target), read through the vfs (so a missing chunk is fetched or fails).
+/// symlink target, then a hash of the extended attributes if there are any), read through
+/// the vfs (so a missing chunk is fetched or fails).
 ///
 /// # Errors
 /// vfs errors.
@@ -288,6 +289,18 @@ pub fn snapshot(
                     Kind::Fifo | Kind::Socket | Kind::CharDevice | Kind::BlockDevice => {
                         String::new()
                     }
+                };
+                let names = vfs.listxattr(e.ino)?;
+                let content = if names.is_empty() {
+                    content
+                } else {
+                    let mut h = blake3::Hasher::new();
+                    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+                        h.update(name)
+                            .update(&[0])
+                            .update(&vfs.getxattr(e.ino, name)?);
+                    }
+                    format!("{content} xattrs {}", &h.finalize().to_hex()[..16])
                 };
                 out.insert(p, (e.kind, attr.perm, content));
             }

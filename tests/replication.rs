@@ -11,7 +11,7 @@ use std::time::Duration;
 use keibi::id::{ChunkId, ROOT_INO};
 use keibi::testing::{ME, noise, wait_until};
 use keibi::tree::Kind;
-use keibi::vfs::OpenFlags;
+use keibi::vfs::{OpenFlags, XattrSet};
 use peers::{Peer, converge, pair};
 
 #[test]
@@ -72,6 +72,34 @@ fn rename_moves_no_data_and_append_fetches_one_chunk() {
         fetched + 1,
         "an append fetched more than one chunk"
     );
+}
+
+#[test]
+fn extended_attributes_replicate_without_moving_data() {
+    let (a, b) = pair();
+    let data = noise(2 << 20, 3);
+    a.write("/tagged", &data);
+    assert!(wait_until(30, || b.read("/tagged").as_deref() == Some(&data[..])));
+    let (fetched, sent) = (b.status().chunks_fetched, a.status().peers[0].sent_bytes);
+    let ino_a = a.ino("/tagged").expect("on A");
+    a.vfs
+        .setxattr(ino_a, b"user.tag", b"blue", XattrSet::Any)
+        .expect("setxattr");
+    let ino_b = b.ino("/tagged").expect("on B");
+    assert!(wait_until(20, || b.vfs.getxattr(ino_b, b"user.tag").ok()
+        == Some(b"blue".to_vec())));
+    assert_eq!(
+        b.status().chunks_fetched,
+        fetched,
+        "an attribute fetched chunks"
+    );
+    let bytes = a.status().peers[0].sent_bytes - sent;
+    assert!(bytes < 4096, "an attribute sent {bytes} bytes");
+    // Removed on B, gone on A; the content untouched on both.
+    b.vfs.removexattr(ino_b, b"user.tag").expect("removexattr");
+    assert!(wait_until(20, || a.vfs.listxattr(ino_a).ok() == Some(Vec::new())));
+    assert_eq!(a.read("/tagged").as_deref(), Some(&data[..]));
+    assert_eq!(b.read("/tagged").as_deref(), Some(&data[..]));
 }
 
 #[test]
@@ -408,7 +436,7 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
             let p = if who == 0 { &a } else { &b };
             let dir = format!("/d{}", next(3));
             let file = format!("{dir}/f{}", next(6));
-            match next(6) {
+            match next(7) {
                 0..=2 => {
                     let data = format!("seed {seed} step {step} by {who}").into_bytes();
                     // A write counts when its file still exists after the close: a peer's
@@ -431,6 +459,17 @@ fn randomized_concurrent_schedules_converge_without_losing_writes() {
                     if let Some(id) = p.unlink(&file) {
                         log.push(format!("{step}: {who} deleted {file}"));
                         deletes.push((step, id));
+                    }
+                }
+                5 => {
+                    // Tag a file: a change of metadata alone, sent at once.
+                    let tag = format!("step {step} by {who}");
+                    if let Some(ino) = p.ino(&file)
+                        && p.vfs
+                            .setxattr(ino, b"user.tag", tag.as_bytes(), XattrSet::Any)
+                            .is_ok()
+                    {
+                        log.push(format!("{step}: {who} tagged {file}"));
                     }
                 }
                 _ => {

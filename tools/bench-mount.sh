@@ -4,16 +4,18 @@
 # read/write with an fsync every 64 writes, and creating, stat-ing and removing 10,000 small
 # files. Then the peak memory (VmHWM) of the mount process while dd writes a 10 GiB file.
 # Page caches are dropped before every read pass, so reads reach the filesystem.
-# Usage: tools/bench-mount.sh [--no-memory] [--low-latency]   (root: it drops page caches)
+# Usage: tools/bench-mount.sh [--no-memory] [--low-latency] [--xattrs]   (root: it drops page caches)
 #   --no-memory    skip the 10 GiB memory run
 #   --low-latency  mount with `keibi mount --low-latency`
+#   --xattrs       mount with `keibi mount --xattrs`
 set -euo pipefail
 memory=1 mount_args=()
 for arg in "$@"; do
   case "$arg" in
     --no-memory) memory=0 ;;
     --low-latency) mount_args+=(--low-latency) ;;
-    *) echo "usage: $0 [--no-memory] [--low-latency]" >&2; exit 2 ;;
+    --xattrs) mount_args+=(--xattrs) ;;
+    *) echo "usage: $0 [--no-memory] [--low-latency] [--xattrs]" >&2; exit 2 ;;
   esac
 done
 cd "$(dirname "$0")/.."

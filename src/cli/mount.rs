@@ -47,6 +47,11 @@ pub struct Args {
     /// notably on virtual machines. Withdrawn 100 ms after the last request.
     #[arg(long)]
     pub low_latency: bool,
+    /// Serve extended attributes (user., trusted., security.) through the mount. They are
+    /// stored and replicated either way; serving them costs one more kernel request per
+    /// write, the kernel's check for file capabilities.
+    #[arg(long)]
+    pub xattrs: bool,
     /// Delete chunks no file references any more at this interval, when files changed since
     /// the last run (as `keibi gc` does; `30s`, `10m`, `1h`...; `0` never).
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_interval)]
@@ -113,6 +118,7 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
     .context("starting the control socket")?;
     let opts = MountOptions {
         allow_other: args.allow_other,
+        xattrs: args.xattrs,
     };
     let session =
         fuse::session(Arc::clone(&vfs), &mnt, opts, latency.clone()).with_context(|| {

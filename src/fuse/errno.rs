@@ -20,6 +20,8 @@ pub fn of(e: &Error) -> Errno {
         Error::NotPermitted(_) => Errno::EPERM,
         Error::BadHandle => Errno::EBADF,
         Error::TooBig => Errno::EFBIG,
+        Error::NoAttr => Errno::ENODATA,
+        Error::Unsupported => Errno::EOPNOTSUPP,
         // A full disk met below the vfs too (an unlink's or a chunk's write).
         Error::NoSpace(_) | Error::Store(store::Error::NoSpace(_)) => Errno::ENOSPC,
         Error::Chunk(c) if matches!(**c, chunk::Error::Store(store::Error::NoSpace(_))) => {
@@ -48,6 +50,8 @@ mod tests {
             (Error::NotPermitted("x"), Errno::EPERM),
             (Error::BadHandle, Errno::EBADF),
             (Error::TooBig, Errno::EFBIG),
+            (Error::NoAttr, Errno::ENODATA),
+            (Error::Unsupported, Errno::EOPNOTSUPP),
             (Error::NoSpace("full".into()), Errno::ENOSPC),
             (
                 Error::Chunk(Arc::new(chunk::Error::Missing(crate::id::ChunkId::of(

@@ -41,6 +41,10 @@ pub const TTL: Duration = Duration::from_secs(60);
 pub struct MountOptions {
     /// Let every user reach the mount (`allow_other`), not only the one who mounted it.
     pub allow_other: bool,
+    /// Serve extended attributes. Without, the kernel is told once that there are none to
+    /// serve (ENOSYS) and asks no more; with, it asks on every write whether the file has
+    /// capabilities to drop.
+    pub xattrs: bool,
 }
 
 /// Mounts `vfs` at `mountpoint`; `latency` (from `--low-latency`) is told of every request.
@@ -83,7 +87,7 @@ pub fn session(
     }
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    fuser::Session::new(KeibiFs::new(vfs, latency), mountpoint, &config)
+    fuser::Session::new(KeibiFs::new(vfs, latency, opts.xattrs), mountpoint, &config)
 }
 
 /// The kernel caches of a mount, invalidated through fuser's notifier when a peer's change

@@ -19,20 +19,27 @@ use super::latency::LatencyHold;
 use super::{TTL, errno, file_attr, file_type, kind_of_mode};
 use crate::limits::FUSE_MAX_WRITE_BYTES;
 use crate::tree::Timestamp;
-use crate::vfs::{self, Creator, RenameMode, SetAttr, TimeSet, Vfs};
+use crate::vfs::{self, Creator, RenameMode, SetAttr, TimeSet, Vfs, XattrSet};
 
 /// The filesystem served to the kernel: a thin shell around the vfs core.
 pub struct KeibiFs {
     vfs: Arc<Vfs>,
     /// Told of every request under `--low-latency`.
     latency: Option<Arc<LatencyHold>>,
+    /// Serve extended attributes (`--xattrs`).
+    xattrs: bool,
 }
 
 impl KeibiFs {
-    /// A shell around `vfs`; `latency` is told of every request.
+    /// A shell around `vfs`; `latency` is told of every request; `xattrs` serves extended
+    /// attributes.
     #[must_use]
-    pub fn new(vfs: Arc<Vfs>, latency: Option<Arc<LatencyHold>>) -> Self {
-        Self { vfs, latency }
+    pub fn new(vfs: Arc<Vfs>, latency: Option<Arc<LatencyHold>>, xattrs: bool) -> Self {
+        Self {
+            vfs,
+            latency,
+            xattrs,
+        }
     }
 
     /// Called first by every request handler.
@@ -67,6 +74,16 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 fn entry(reply: ReplyEntry, r: vfs::Result<vfs::Attr>) {
     match r {
         Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
+        Err(e) => reply.error(errno::of(&e)),
+    }
+}
+
+/// Answers a `getxattr` or `listxattr` of a `size`-byte buffer with `r`.
+fn xattr(reply: ReplyXattr, size: u32, r: vfs::Result<Vec<u8>>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
         Err(e) => reply.error(errno::of(&e)),
     }
 }
@@ -500,43 +517,59 @@ impl fuser::Filesystem for KeibiFs {
         empty(reply, r);
     }
 
-    // Extended attributes are not stored. ENOSYS tells the kernel once, after which it
-    // answers EOPNOTSUPP itself without asking again; the defaults would log every call.
+    // Extended attributes, with `--xattrs`. Without, ENOSYS tells the kernel once, after
+    // which it answers EOPNOTSUPP itself without asking again (the defaults would log every
+    // call). A size of 0 asks for the length only; a buffer too small is ERANGE.
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.request();
-        reply.error(Errno::ENOSYS);
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        xattr(reply, size, self.vfs.getxattr(ino.0, name.as_bytes()));
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.request();
-        reply.error(Errno::ENOSYS);
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        xattr(reply, size, self.vfs.listxattr(ino.0));
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
-        _position: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
         reply: ReplyEmpty,
     ) {
         self.request();
-        reply.error(Errno::ENOSYS);
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        let how = match flags {
+            0 => XattrSet::Any,
+            libc::XATTR_CREATE => XattrSet::Create,
+            libc::XATTR_REPLACE => XattrSet::Replace,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        if position != 0 {
+            // A resource-fork offset, macOS only.
+            return reply.error(Errno::EINVAL);
+        }
+        empty(reply, self.vfs.setxattr(ino.0, name.as_bytes(), value, how));
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.request();
-        reply.error(Errno::ENOSYS);
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
+        empty(reply, self.vfs.removexattr(ino.0, name.as_bytes()));
     }
 
     /// No ioctl is supported: ENOTTY, what a terminal check (`isatty`, which Python runs on

@@ -340,6 +340,7 @@ mod tests {
             seq: 1,
             tombstone: false,
             origin: 0,
+            xattrs: Vec::new(),
         }
     }
 

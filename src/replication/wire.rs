@@ -8,7 +8,7 @@ use crate::limits::{
     CHUNK_BYTES, FILE_BYTES_MAX, SYMLINK_TARGET_BYTES_MAX, WIRE_ANNOUNCE_CHUNKS_MAX,
     WIRE_CHUNKS_PER_REQUEST_MAX, WIRE_MANIFEST_PART_CHUNKS,
 };
-use crate::tree::{FileRecord, Kind, Timestamp, VersionVector, validate_name};
+use crate::tree::{FileRecord, Kind, Timestamp, VersionVector, validate_name, validate_xattrs};
 
 use super::proto;
 
@@ -107,6 +107,17 @@ pub fn record_parts(r: &FileRecord) -> Vec<proto::Record> {
             .collect(),
         tombstone: r.tombstone,
         seq: r.seq,
+        xattrs: if offset == 0 {
+            r.xattrs
+                .iter()
+                .map(|(name, value)| proto::Xattr {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        },
     };
     if manifest.is_empty() {
         return vec![header(0, &[])];
@@ -121,7 +132,14 @@ pub fn record_parts(r: &FileRecord) -> Vec<proto::Record> {
 /// Approximate encoded size of a record part, for batch bounds.
 #[must_use]
 pub fn part_bytes(p: &proto::Record) -> usize {
-    128 + p.name.len() + p.target.len() + p.manifest.len() * 34 + p.version.len() * 20
+    128 + p.name.len()
+        + p.target.len()
+        + p.manifest.len() * 34
+        + p.version.len() * 20
+        + p.xattrs
+            .iter()
+            .map(|x| 8 + x.name.len() + x.value.len())
+            .sum::<usize>()
 }
 
 /// Checks everything a record part says, except manifest completeness.
@@ -160,6 +178,15 @@ fn header(p: &proto::Record) -> Result<FileRecord, WireError> {
             "version vector empty, unsorted, repeated or with a zero counter",
         ));
     }
+    if p.manifest_offset != 0 && !p.xattrs.is_empty() {
+        return Err(bad("extended attributes in a later manifest part"));
+    }
+    let xattrs: Vec<(Vec<u8>, Vec<u8>)> = p
+        .xattrs
+        .iter()
+        .map(|x| (x.name.clone(), x.value.clone()))
+        .collect();
+    validate_xattrs(&xattrs).map_err(bad)?;
     Ok(FileRecord {
         id,
         ino: 0,
@@ -181,6 +208,7 @@ fn header(p: &proto::Record) -> Result<FileRecord, WireError> {
         seq: p.seq,
         tombstone: p.tombstone,
         origin: 0,
+        xattrs,
     })
 }
 
@@ -337,7 +365,7 @@ pub fn chunk_data(d: &proto::ChunkData) -> Result<(ChunkId, Option<CheckedChunk>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::CHUNK_BYTES_U64;
+    use crate::limits::{CHUNK_BYTES_U64, XATTR_VALUE_BYTES_MAX};
 
     fn rec(size: u64) -> FileRecord {
         FileRecord {
@@ -363,6 +391,10 @@ mod tests {
             seq: 12,
             tombstone: false,
             origin: 0,
+            xattrs: vec![
+                (b"security.selinux".to_vec(), b"label".to_vec()),
+                (b"user.mime_type".to_vec(), b"text/plain".to_vec()),
+            ],
         }
     }
 
@@ -390,9 +422,20 @@ mod tests {
                 .iter()
                 .all(|p| part_bytes(p) < crate::limits::WIRE_MESSAGE_BYTES_MAX)
         );
+        assert_eq!(parts[0].xattrs.len(), 2);
+        assert!(parts[1..].iter().all(|p| p.xattrs.is_empty()));
+        let mut late = parts.clone();
+        late[1].xattrs.clone_from(&parts[0].xattrs);
+        let mut a = Assembler::default();
+        assert!(a.take(&late[0]).expect("first part").is_none());
+        assert!(
+            a.take(&late[1]).is_err(),
+            "attributes in a later part accepted"
+        );
         let got = round_trip(&big).expect("valid");
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].manifest, big.manifest);
+        assert_eq!(got[0].xattrs, big.xattrs);
     }
 
     #[test]
@@ -440,6 +483,38 @@ mod tests {
             ("hash len", Box::new(|p| p.manifest[0] = vec![0; 31])),
             ("version", Box::new(|p| p.version.clear())),
             ("nanos", Box::new(|p| p.mtime_nanos = 2_000_000_000)),
+            ("xattr order", Box::new(|p| p.xattrs.reverse())),
+            (
+                "xattr repeated",
+                Box::new(|p| p.xattrs[0].name = p.xattrs[1].name.clone()),
+            ),
+            (
+                "xattr namespace",
+                Box::new(|p| p.xattrs[0].name = b"system.posix_acl_access".to_vec()),
+            ),
+            (
+                "xattr bare prefix",
+                Box::new(|p| p.xattrs[0].name = b"user.".to_vec()),
+            ),
+            (
+                "xattr nul",
+                Box::new(|p| p.xattrs[0].name = b"security.a\0b".to_vec()),
+            ),
+            (
+                "xattr name long",
+                Box::new(|p| p.xattrs[1].name = [b"user.".as_slice(), &[b'n'; 251]].concat()),
+            ),
+            (
+                "xattr value huge",
+                Box::new(|p| p.xattrs[1].value = vec![7; XATTR_VALUE_BYTES_MAX + 1]),
+            ),
+            (
+                "xattrs too many bytes",
+                Box::new(|p| {
+                    p.xattrs[0].value = vec![7; XATTR_VALUE_BYTES_MAX / 2];
+                    p.xattrs[1].value = vec![7; XATTR_VALUE_BYTES_MAX / 2];
+                }),
+            ),
         ];
         for (what, mutate) in cases {
             let mut p = record_parts(&rec(1000)).remove(0);

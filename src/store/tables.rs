@@ -114,6 +114,7 @@ impl Tables {
             seq: 1,
             tombstone: false,
             origin: 0,
+            xattrs: Vec::new(),
         };
         let mut b = Batch::new();
         b.put(

@@ -5,11 +5,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::chunk_count;
 use crate::id::{ChunkId, FileId, Ino};
-use crate::limits::{NAME_BYTES_MAX, RECORD_BYTES_MAX, SYMLINK_TARGET_BYTES_MAX};
+use crate::limits::{
+    NAME_BYTES_MAX, RECORD_BYTES_MAX, SYMLINK_TARGET_BYTES_MAX, XATTR_BYTES_PER_FILE_MAX,
+    XATTR_NAME_BYTES_MAX, XATTR_VALUE_BYTES_MAX,
+};
 
 /// Record encoding version written by this build (first byte of every stored record).
-/// Version 2 added `origin`; stores written by version 1 predate replication and are not read.
-pub const RECORD_VERSION: u8 = 2;
+/// Version 3 added `xattrs`, version 2 `origin`; stores written by version 1 predate
+/// replication and are not read.
+pub const RECORD_VERSION: u8 = 3;
+/// The version before `xattrs`, still read: its encoding is version 3's without the last field.
+const RECORD_VERSION_NO_XATTRS: u8 = 2;
+
+/// Namespaces of extended attributes keibi stores. `system.` (ACLs) is the kernel's.
+pub const XATTR_NAMESPACES: [&[u8]; 3] = [b"user.", b"trusted.", b"security."];
 
 /// What a record describes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +210,9 @@ pub struct FileRecord {
     /// Index id of the peer this version was applied from, 0 for a change made here. A
     /// version is never sent back to the peer it came from.
     pub origin: u64,
+    /// Extended attributes, name and value, sorted by name, names unique. Last field: a
+    /// version 2 record is this encoding without it (see [`FileRecord::decode`]).
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A stored record that cannot be decoded.
@@ -249,6 +261,16 @@ impl FileRecord {
                 r.validate()?;
                 Ok(r)
             }
+            Some((&RECORD_VERSION_NO_XATTRS, rest)) => {
+                // postcard writes a sequence as its length, then its items: the empty list
+                // of attributes is the one byte 0, so appending it makes a version 3 record.
+                let mut v3 = Vec::with_capacity(rest.len() + 1);
+                v3.extend_from_slice(rest);
+                v3.push(0);
+                let r: Self = postcard::from_bytes(&v3).map_err(|e| DecodeError(e.to_string()))?;
+                r.validate()?;
+                Ok(r)
+            }
             Some((v, _)) => Err(DecodeError(format!("unknown record version {v}"))),
             None => Err(DecodeError("empty".into())),
         }
@@ -286,8 +308,79 @@ impl FileRecord {
                 "manifest on a record that is not a file".into(),
             ));
         }
-        Ok(())
+        validate_xattrs(&self.xattrs).map_err(DecodeError)
     }
+
+    /// The value of extended attribute `name`.
+    #[must_use]
+    pub fn xattr(&self, name: &[u8]) -> Option<&[u8]> {
+        self.xattrs
+            .binary_search_by(|(n, _)| n.as_slice().cmp(name))
+            .ok()
+            .map(|i| self.xattrs[i].1.as_slice())
+    }
+}
+
+/// Bytes an attribute counts against [`XATTR_BYTES_PER_FILE_MAX`]: its name with the NUL a
+/// listing gives it, and its value. Within the bound, a listing fits `listxattr`'s 64 KiB.
+#[must_use]
+pub fn xattr_bytes(name: &[u8], value: &[u8]) -> usize {
+    name.len() + 1 + value.len()
+}
+
+/// Checks an extended attribute name: 1 to 255 bytes, no NUL, in one of
+/// [`XATTR_NAMESPACES`] with something after the prefix.
+///
+/// # Errors
+/// What is wrong with the name.
+pub fn validate_xattr_name(name: &[u8]) -> Result<(), String> {
+    if name.len() > XATTR_NAME_BYTES_MAX {
+        return Err(format!(
+            "attribute name of {} bytes exceeds {XATTR_NAME_BYTES_MAX}",
+            name.len()
+        ));
+    }
+    if name.contains(&0) {
+        return Err("attribute name contains NUL".into());
+    }
+    if !XATTR_NAMESPACES
+        .iter()
+        .any(|ns| name.len() > ns.len() && name.starts_with(ns))
+    {
+        return Err(format!(
+            "attribute name {:?} is not in user., trusted. or security.",
+            String::from_utf8_lossy(name)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a record's extended attributes: valid names, strictly sorted, each value and all
+/// of them together within their bounds.
+///
+/// # Errors
+/// The first broken rule.
+pub fn validate_xattrs(xattrs: &[(Vec<u8>, Vec<u8>)]) -> Result<(), String> {
+    let mut total = 0usize;
+    for (i, (name, value)) in xattrs.iter().enumerate() {
+        validate_xattr_name(name)?;
+        if value.len() > XATTR_VALUE_BYTES_MAX {
+            return Err(format!(
+                "attribute value of {} bytes exceeds {XATTR_VALUE_BYTES_MAX}",
+                value.len()
+            ));
+        }
+        if i > 0 && xattrs[i - 1].0 >= *name {
+            return Err("attributes unsorted or repeated".into());
+        }
+        total += xattr_bytes(name, value);
+    }
+    if total > XATTR_BYTES_PER_FILE_MAX {
+        return Err(format!(
+            "attributes of {total} bytes exceed {XATTR_BYTES_PER_FILE_MAX}"
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a directory entry name: 1 to 255 bytes, no `/` or NUL, not `.` or `..`.
@@ -342,6 +435,7 @@ mod tests {
             seq: 99,
             tombstone: false,
             origin: 0,
+            xattrs: vec![(b"user.a".to_vec(), b"1".to_vec())],
         }
     }
 
@@ -366,6 +460,57 @@ mod tests {
         bytes[0] = 1;
         assert!(FileRecord::decode(&bytes).is_err());
         assert!(FileRecord::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn records_of_version_2_read_with_no_attributes() {
+        let mut r = record(10, b"old".to_vec());
+        r.xattrs.clear();
+        let mut v2 = r.encode();
+        assert_eq!(v2.pop(), Some(0), "the empty list is the last byte");
+        v2[0] = 2;
+        assert_eq!(FileRecord::decode(&v2).ok(), Some(r));
+        // A version 3 record cut short is still refused.
+        let mut cut = record(10, b"new".to_vec()).encode();
+        cut.pop();
+        assert!(FileRecord::decode(&cut).is_err());
+    }
+
+    #[test]
+    fn attributes_are_checked() {
+        let ok = record(10, b"a".to_vec());
+        assert_eq!(ok.xattr(b"user.a"), Some(b"1".as_slice()));
+        assert_eq!(ok.xattr(b"user.b"), None);
+        let bad: [Vec<(Vec<u8>, Vec<u8>)>; 6] = [
+            vec![(b"user.b".to_vec(), vec![]), (b"user.a".to_vec(), vec![])],
+            vec![(b"user.a".to_vec(), vec![]), (b"user.a".to_vec(), vec![])],
+            vec![(b"system.posix_acl_access".to_vec(), vec![])],
+            vec![(b"trusted.".to_vec(), vec![])],
+            vec![(b"user.a".to_vec(), vec![0; XATTR_VALUE_BYTES_MAX + 1])],
+            (0..2)
+                .map(|i| {
+                    (
+                        format!("user.{i}").into_bytes(),
+                        vec![0; XATTR_VALUE_BYTES_MAX / 2],
+                    )
+                })
+                .collect(),
+        ];
+        for xattrs in bad {
+            let mut r = ok.clone();
+            r.xattrs = xattrs;
+            assert!(
+                FileRecord::decode(&r.encode()).is_err(),
+                "{:?} accepted",
+                r.xattrs.first().map(|x| &x.0)
+            );
+        }
+        let mut full = ok.clone();
+        full.xattrs = vec![(
+            b"security.x".to_vec(),
+            vec![0; XATTR_BYTES_PER_FILE_MAX - xattr_bytes(b"security.x", b"")],
+        )];
+        assert_eq!(FileRecord::decode(&full.encode()).ok(), Some(full));
     }
 
     #[test]

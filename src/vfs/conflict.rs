@@ -58,6 +58,7 @@ pub(super) fn wins(a: &FileRecord, b: &FileRecord) -> bool {
             r.target.clone(),
             r.tombstone,
             r.kind as u8,
+            r.xattrs.clone(),
         )
     };
     key(a) > key(b)
@@ -73,6 +74,7 @@ pub(super) fn same_content(a: &FileRecord, b: &FileRecord) -> bool {
         && a.size == b.size
         && a.manifest == b.manifest
         && a.target == b.target
+        && a.xattrs == b.xattrs
 }
 
 #[cfg(test)]

@@ -158,6 +158,7 @@ impl Vfs {
             seq: 0,
             tombstone: false,
             origin: 0,
+            xattrs: Vec::new(),
         };
         self.tables.put_record(&mut batch, &mut rec);
         Tables::put_dirent(&mut batch, dir.id, name, rec.id);

@@ -17,6 +17,7 @@ mod patch;
 mod recover;
 pub mod seal;
 mod staging;
+mod xattr;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ pub use apply::{Applied, KernelCache, Outcome};
 pub use conflict::conflict_name;
 pub use dir::RenameMode;
 pub use file::OpenFlags;
+pub use xattr::XattrSet;
 
 /// Errors of the vfs core; `src/fuse/errno.rs` maps each to an errno.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,12 @@ pub enum Error {
     /// Past the largest file keibi stores (EFBIG).
     #[error("file too large")]
     TooBig,
+    /// No such extended attribute (ENODATA).
+    #[error("no such attribute")]
+    NoAttr,
+    /// An extended attribute outside the namespaces keibi stores (EOPNOTSUPP).
+    #[error("operation not supported")]
+    Unsupported,
     /// The store's disk is full (ENOSPC).
     #[error("no space left: {0}")]
     NoSpace(String),
