@@ -268,3 +268,72 @@ fn writing_a_file_drops_its_capabilities() {
     );
     m.stop();
 }
+
+#[test]
+fn cp_preserves_attributes_into_and_out_of_the_mount() {
+    if !fuse_available("cp_preserves_attributes_into_and_out_of_the_mount") {
+        return;
+    }
+    let src = tempfile::tempdir().expect("source");
+    let tree = src.path().join("tree");
+    fs::create_dir_all(tree.join("sub")).expect("mkdir");
+    for (name, tag) in [("a.txt", "red"), ("sub/b.bin", "green")] {
+        fs::write(tree.join(name), name.as_bytes()).expect("write");
+        if let Err(e) = xattr::set(tree.join(name), "user.tag", tag.as_bytes()) {
+            eprintln!("skipped: the temporary directory has no user attributes ({e})");
+            return;
+        }
+    }
+    xattr::set(tree.join("sub"), "user.tag", b"blue").expect("setxattr on a directory");
+    let cp = |from: &Path, to: &Path| {
+        std::process::Command::new("cp")
+            .args(["-r", "--preserve=mode,xattr"])
+            .arg(from)
+            .arg(to)
+            .output()
+            .expect("cp")
+    };
+    let tag = |p: &Path| xattr::get(p, "user.tag").expect("getxattr");
+
+    let home = tempfile::tempdir().expect("home");
+    let mnt = tempfile::tempdir().expect("mnt");
+    // A mount that does not serve attributes makes cp say so.
+    let m = Mount::at(home.path(), mnt.path());
+    let out = cp(&tree, &m.path().join("plain"));
+    assert!(
+        !out.status.success(),
+        "cp preserved attributes on a mount without --xattrs"
+    );
+    m.stop();
+
+    let m = Mount::with_args(home.path(), mnt.path(), &["--xattrs"]);
+    let into = m.path().join("copy");
+    let out = cp(&tree, &into);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tag(&into.join("a.txt")).as_deref(), Some(b"red".as_slice()));
+    assert_eq!(
+        tag(&into.join("sub/b.bin")).as_deref(),
+        Some(b"green".as_slice())
+    );
+    assert_eq!(tag(&into.join("sub")).as_deref(), Some(b"blue".as_slice()));
+    let back = src.path().join("back");
+    let out = cp(&into, &back);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        tag(&back.join("sub/b.bin")).as_deref(),
+        Some(b"green".as_slice())
+    );
+    assert_eq!(
+        fs::read(back.join("sub/b.bin")).expect("read"),
+        b"sub/b.bin"
+    );
+    m.stop();
+}
