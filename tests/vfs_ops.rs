@@ -381,6 +381,9 @@ fn readdir_listing_is_stable_while_entries_are_removed() -> TestResult {
                 seen.push(e.name);
             }
         }
+        // The mount reads on to fill the kernel's buffer, which is full: the next request
+        // goes on from the entry just removed, whose page is no longer the one kept.
+        v.readdir(fh, offset)?;
     }
     v.releasedir(fh);
     assert_eq!(
@@ -390,6 +393,64 @@ fn readdir_listing_is_stable_while_entries_are_removed() -> TestResult {
     );
     v.rmdir(ROOT_INO, b"nothing").expect_err("no such dir");
     assert!(!fx.vfs.tables().has_children(keibi::id::FileId::ROOT)?);
+    Ok(())
+}
+
+#[test]
+fn readdir_pages_through_a_large_directory_read_in_part_and_sought_back() -> TestResult {
+    let fx = common::mem().expect("fixture");
+    let v = &fx.vfs;
+    for i in 0..3000 {
+        put_file(v, ROOT_INO, &format!("m{i:05}"), b"");
+    }
+    let fh = v.opendir(ROOT_INO)?;
+    // As the kernel does when its buffer fills: take part of each answer, go on from there.
+    let mut listed: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut offset = 0;
+    for round in 0..100 {
+        let batch = v.readdir(fh, offset)?;
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= keibi::limits::READDIR_ENTRIES_MAX);
+        for e in batch.into_iter().take(700) {
+            offset = e.offset;
+            listed.push((e.offset, e.name));
+        }
+        if round == 1 {
+            // Entries added meanwhile, before and after the reader's position.
+            put_file(v, ROOT_INO, "a-new", b"");
+            put_file(v, ROOT_INO, "z-new", b"");
+        }
+    }
+    let names: std::collections::BTreeSet<&[u8]> =
+        listed.iter().map(|(_, n)| n.as_slice()).collect();
+    assert_eq!(names.len(), listed.len(), "no entry listed twice");
+    for i in 0..3000 {
+        assert!(
+            names.contains(format!("m{i:05}").as_bytes()),
+            "m{i:05} missing"
+        );
+    }
+    assert!(names.contains(b"." as &[u8]) && names.contains(b".." as &[u8]));
+    // seekdir back to an earlier entry: the listing goes on from the entry after it.
+    let (at, _) = listed[1500];
+    let again = v.readdir(fh, at)?;
+    assert_eq!(again.first().map(|e| &e.name), Some(&listed[1501].1));
+    let (at, _) = listed[10];
+    assert_eq!(
+        v.readdir(fh, at)?.first().map(|e| &e.name),
+        Some(&listed[11].1)
+    );
+    assert!(v.readdir(fh, offset)?.is_empty(), "the end stays the end");
+    // Entries added meanwhile do not move the position of the others.
+    put_file(v, ROOT_INO, "b-newer", b"");
+    let (at, _) = listed[2000];
+    assert_eq!(
+        v.readdir(fh, at)?.first().map(|e| &e.name),
+        Some(&listed[2001].1)
+    );
+    v.releasedir(fh);
     Ok(())
 }
 

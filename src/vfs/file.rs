@@ -15,7 +15,7 @@ use crate::tree::{Kind, Timestamp};
 
 use super::patch::Ranges;
 use super::staging::{Buf, FileState, Piece, Slot};
-use super::{Attr, CommitMode, DirEntry, Error, Result, Vfs};
+use super::{Attr, CommitMode, Error, Result, Vfs};
 
 /// How a file was opened.
 #[derive(Clone, Copy, Debug, Default)]
@@ -57,7 +57,7 @@ pub(crate) enum Handle {
     },
     Dir {
         ino: Ino,
-        entries: Option<Arc<Vec<DirEntry>>>,
+        page: Option<Arc<super::listing::Page>>,
     },
 }
 
