@@ -2,6 +2,7 @@
 //! attribute by attribute, then unmounted, remounted and verified.
 #![expect(clippy::expect_used, reason = "test code fails loudly on setup errors")]
 
+#[expect(dead_code, reason = "this file uses part of the shared mount harness")]
 mod mounted;
 
 use std::fs::{self, File, OpenOptions};

@@ -11,69 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use keibi::testing::{free_port, wait_until};
-use mounted::{Mount, fuse_available, keibi};
-
-/// Two homes, initialised, and their mounts connected to each other.
-struct Pair {
-    a: Mount,
-    b: Mount,
-    _homes: (tempfile::TempDir, tempfile::TempDir),
-    _mnts: (tempfile::TempDir, tempfile::TempDir),
-    /// The options B was mounted with (its listener and A as its peer).
-    b_args: Vec<String>,
-}
-
-fn init(home: &Path) -> String {
-    let (code, _, err) = keibi(home, &["init"]);
-    assert_eq!(code, 0, "{err}");
-    let (code, out, err) = keibi(home, &["id"]);
-    assert_eq!(code, 0, "{err}");
-    out.trim().to_string()
-}
-
-fn pair() -> Pair {
-    let (ha, hb) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
-    let (ma, mb) = (
-        tempfile::tempdir().expect("dir"),
-        tempfile::tempdir().expect("dir"),
-    );
-    let (ida, idb) = (init(ha.path()), init(hb.path()));
-    let (pa, pb) = (
-        free_port().expect("free port"),
-        free_port().expect("free port"),
-    );
-    let args = |port: u16, peer: &str, peer_port: u16| {
-        vec![
-            "--listen".to_string(),
-            format!("127.0.0.1:{port}"),
-            "--peer".to_string(),
-            format!("{peer}@127.0.0.1:{peer_port}"),
-        ]
-    };
-    let aa = args(pa, &idb, pb);
-    let ab = args(pb, &ida, pa);
-    let a = Mount::with_args(
-        ha.path(),
-        ma.path(),
-        &aa.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    let b = Mount::with_args(
-        hb.path(),
-        mb.path(),
-        &ab.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
-    Pair {
-        a,
-        b,
-        _homes: (ha, hb),
-        _mnts: (ma, mb),
-        b_args: ab,
-    }
-}
+use keibi::testing::wait_until;
+use mounted::{Mount, Pair, fuse_available, keibi, pair};
 
 /// A HOME for git with the git-lfs filters installed (`git lfs install --skip-repo`), so
 /// that no configuration file lands in a work tree.
@@ -143,7 +82,7 @@ fn a_file_appears_on_the_other_mount_after_a_failed_lookup_and_grows_after_close
     if !fuse_available("two mounts") {
         return;
     }
-    let p = pair();
+    let p = pair(&[]);
     let (a, b) = (p.a.path().to_path_buf(), p.b.path().to_path_buf());
     // B looks first and gets ENOENT; the file then appears (no cached negative entry).
     assert!(std::fs::metadata(b.join("late.txt")).is_err());
@@ -232,7 +171,7 @@ fn lock_file_renames_leave_the_last_content_and_no_stale_lock() {
     if !fuse_available("lock-file renames across mounts") {
         return;
     }
-    let p = pair();
+    let p = pair(&[]);
     let (a, b) = (p.a.path().to_path_buf(), p.b.path().to_path_buf());
     // git's pattern: write NAME.lock, close, rename it over NAME; many times in a row, so
     // renames overtake the content of the lock files they move.
@@ -317,7 +256,7 @@ fn git_clone_with_lfs_on_one_mount_status_and_commit_on_the_other() {
     if !fuse_available("git across mounts") {
         return;
     }
-    let p = pair();
+    let p = pair(&[]);
     let (a, b) = (p.a.path().to_path_buf(), p.b.path().to_path_buf());
     let home = git_home();
     let h = home.path();
@@ -406,12 +345,8 @@ fn chunks_fetched_before_a_kill_are_still_there_without_any_peer() {
         return;
     }
     let Pair {
-        a,
-        b,
-        _homes: homes,
-        _mnts: mnts,
-        ..
-    } = pair();
+        a, b, homes, mnts, ..
+    } = pair(&[]);
     let data = keibi::testing::noise(5 << 20, 7);
     write_and_wait(&a, &b, "fetched.bin", &data);
     // Fetched chunks skip the write-ahead log; the fetcher persists them once its queue
@@ -448,10 +383,10 @@ fn verify_repair_on_a_mount_fetches_a_damaged_chunk_from_the_peer() {
     let Pair {
         a,
         b,
-        _homes: homes,
-        _mnts: mnts,
+        homes,
+        mnts,
         b_args,
-    } = pair();
+    } = pair(&[]);
     let data = keibi::testing::noise(3 << 20, 8);
     write_and_wait(&a, &b, "f.bin", &data);
     b.stop();
@@ -522,7 +457,7 @@ fn a_database_kept_open_on_one_mount_is_read_on_the_other() {
     if !fuse_available("a database kept open across mounts") {
         return;
     }
-    let p = pair();
+    let p = pair(&[]);
     let db = p.a.path().join("notes.db");
     let mut sqlite = Command::new("sqlite3")
         .arg(&db)

@@ -279,3 +279,69 @@ impl Drop for Mount {
         }
     }
 }
+
+/// Two homes, initialised, and their mounts connected to each other.
+pub struct Pair {
+    pub a: Mount,
+    pub b: Mount,
+    /// Removed after the mounts (declared after them, so dropped after).
+    pub homes: (TempDir, TempDir),
+    pub mnts: (TempDir, TempDir),
+    /// The options B was mounted with (its listener and A as its peer).
+    pub b_args: Vec<String>,
+}
+
+/// Initialises the store of `home` and returns its device id.
+pub fn init(home: &Path) -> String {
+    let (code, _, err) = keibi(home, &["init"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = keibi(home, &["id"]);
+    assert_eq!(code, 0, "{err}");
+    out.trim().to_string()
+}
+
+/// Two new stores mounted and peered over 127.0.0.1, each mount also given `extra`.
+pub fn pair(extra: &[&str]) -> Pair {
+    let (ha, hb) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (ma, mb) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let (ida, idb) = (init(ha.path()), init(hb.path()));
+    let (pa, pb) = (
+        keibi::testing::free_port().expect("free port"),
+        keibi::testing::free_port().expect("free port"),
+    );
+    let args = |port: u16, peer: &str, peer_port: u16| {
+        let mut v = vec![
+            "--listen".to_string(),
+            format!("127.0.0.1:{port}"),
+            "--peer".to_string(),
+            format!("{peer}@127.0.0.1:{peer_port}"),
+        ];
+        v.extend(extra.iter().map(|a| (*a).to_string()));
+        v
+    };
+    let aa = args(pa, &idb, pb);
+    let ab = args(pb, &ida, pa);
+    let a = Mount::with_args(
+        ha.path(),
+        ma.path(),
+        &aa.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let b = Mount::with_args(
+        hb.path(),
+        mb.path(),
+        &ab.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    Pair {
+        a,
+        b,
+        homes: (ha, hb),
+        mnts: (ma, mb),
+        b_args: ab,
+    }
+}
