@@ -1,6 +1,7 @@
 //! Extended attributes through a real mount (`keibi mount --xattrs`): set, read, listed,
 //! replaced and removed as on ext4, dropped with a file's capabilities when it is written,
-//! kept across remounts and across mounts that do not serve them.
+//! kept across remounts and across mounts that do not serve them, and replicated between two
+//! mounts.
 #![expect(clippy::expect_used, reason = "test code fails loudly on setup errors")]
 
 #[expect(dead_code, reason = "this file uses part of the shared mount harness")]
@@ -12,7 +13,8 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use mounted::{Mount, fuse_available, keibi};
+use keibi::testing::wait_until;
+use mounted::{Mount, fuse_available, keibi, pair};
 use nix::libc;
 
 fn errno(r: std::io::Result<impl std::fmt::Debug>) -> i32 {
@@ -142,6 +144,9 @@ fn attributes_are_set_listed_replaced_removed_and_bounded() {
         Some(big.len())
     );
     xattr::remove(&f, "user.big1").expect("removexattr");
+    let (code, out, err) = keibi(home.path(), &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("; extended attributes served"), "{out}");
 
     m.stop();
 }
@@ -190,6 +195,9 @@ fn attributes_persist_and_outlive_a_mount_that_does_not_serve_them() {
         .map(Iterator::count)
         .expect_err("listed without --xattrs");
     assert_eq!(e.raw_os_error(), Some(libc::EOPNOTSUPP), "{e}");
+    let (code, out, err) = keibi(home.path(), &["status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("extended attributes"), "{out}");
     fs::write(&f, b"rewritten").expect("rewrite");
     m.stop();
     let m = Mount::with_args(home.path(), mnt.path(), &["--xattrs"]);
@@ -336,4 +344,32 @@ fn cp_preserves_attributes_into_and_out_of_the_mount() {
         b"sub/b.bin"
     );
     m.stop();
+}
+
+#[test]
+fn attributes_set_on_one_mount_are_read_and_removed_on_the_other() {
+    if !fuse_available("attributes_set_on_one_mount_are_read_and_removed_on_the_other") {
+        return;
+    }
+    let p = pair(&["--xattrs"]);
+    let (a, b) = (p.a.path().join("doc.txt"), p.b.path().join("doc.txt"));
+    fs::write(&a, b"shared").expect("write on A");
+    assert!(wait_until(30, || fs::read(&b).ok().as_deref()
+        == Some(b"shared".as_slice())));
+    xattr::set(&a, "user.reviewed", b"yes").expect("setxattr on A");
+    assert!(
+        wait_until(20, || xattr::get(&b, "user.reviewed")
+            .ok()
+            .flatten()
+            .as_deref()
+            == Some(b"yes".as_slice())),
+        "B never saw the attribute:\n{}",
+        p.b.log_text()
+    );
+    xattr::remove(&b, "user.reviewed").expect("removexattr on B");
+    assert!(
+        wait_until(20, || names(&a).is_empty()),
+        "A kept the attribute"
+    );
+    assert_eq!(fs::read(&a).expect("read on A"), b"shared");
 }

@@ -111,6 +111,7 @@ pub fn run(home: &Home, args: &Args) -> anyhow::Result<ExitCode> {
             replication.clone(),
             latency.clone(),
             auto_gc.clone(),
+            args.xattrs,
             home,
             &mnt,
         ),
@@ -268,6 +269,7 @@ fn live_handler(
     replication: Option<Arc<Replication>>,
     latency: Option<Arc<fuse::latency::LatencyHold>>,
     auto_gc: Option<Arc<AutoGc>>,
+    xattrs: bool,
     home: &Home,
     mnt: &Path,
 ) -> Arc<control::Handler> {
@@ -284,6 +286,7 @@ fn live_handler(
                         mount: Some(super::status::MountFigures {
                             mountpoint: mountpoint.clone(),
                             staged_bytes: vfs.staged_bytes(),
+                            xattrs,
                             low_latency: latency.as_ref().map(|l| {
                                 let (held, holds) = l.state();
                                 super::status::LowLatencyFigures { held, holds }

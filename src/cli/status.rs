@@ -31,6 +31,8 @@ pub struct MountFigures {
     pub mountpoint: String,
     /// File content held in memory, not yet committed.
     pub staged_bytes: u64,
+    /// Extended attributes are served (`--xattrs`).
+    pub xattrs: bool,
     /// With `--low-latency`: the CPU-latency request.
     pub low_latency: Option<LowLatencyFigures>,
     /// Automatic gc (`--gc-every`), unless turned off.
@@ -80,9 +82,14 @@ pub(crate) fn render(s: &Status, json: bool) -> anyhow::Result<String> {
     match &s.mount {
         Some(m) => writeln!(
             out,
-            "mount:     {} ({} staged, not yet committed)",
+            "mount:     {} ({} staged, not yet committed){}",
             m.mountpoint,
-            super::bytes(m.staged_bytes)
+            super::bytes(m.staged_bytes),
+            if m.xattrs {
+                "; extended attributes served"
+            } else {
+                ""
+            }
         )?,
         None => writeln!(out, "mount:     not mounted")?,
     }
