@@ -6,42 +6,9 @@
 # bytes it wrote (from its rusage) and the chunk files on disk before and after.
 # Usage: tools/bench-gc.sh   (root: it mounts)
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keibi-target}"
-bash tools/deps.sh
+source "$(dirname "$0")/bench-lib.sh"
+bench_setup bench-gc
 [ -x /usr/bin/time ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq time >/dev/null
-cargo build --release --locked --quiet
-keibi="$CARGO_TARGET_DIR/release/keibi"
-
-work=$(mktemp -d /var/tmp/keibi-bench-gc.XXXXXX)
-mnt="$work/mnt"
-mkdir -p "$mnt"
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then
-    fusermount3 -u -z "$mnt" 2>/dev/null || true
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_mount() { # home
-  "$keibi" mount "$mnt" --home "$1" 2>"$work/mount.log" &
-  pid=$!
-  for _ in $(seq 1 500); do
-    grep -q " $mnt fuse.keibi " /proc/mounts && return 0
-    sleep 0.02
-  done
-  cat "$work/mount.log"
-  exit 1
-}
-stop_mount() {
-  kill -TERM "$pid"
-  wait "$pid"
-  pid=""
-}
 
 run_gc() { # label home
   sync

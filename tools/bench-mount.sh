@@ -18,46 +18,12 @@ for arg in "$@"; do
     *) echo "usage: $0 [--no-memory] [--low-latency] [--xattrs]" >&2; exit 2 ;;
   esac
 done
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/keibi-target}"
-bash tools/deps.sh
-command -v fio >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio >/dev/null
-cargo build --release --locked --quiet
-keibi="$CARGO_TARGET_DIR/release/keibi"
-
-# On the root filesystem (ext4 here), not tmpfs, so both sides use the same disk.
-work=$(mktemp -d /var/tmp/keibi-bench.XXXXXX)
-home="$work/home" mnt="$work/mnt" ext4="$work/ext4"
-mkdir -p "$mnt" "$ext4"
-pid=""
-cleanup() {
-  if [ -n "$pid" ]; then
-    fusermount3 -u -z "$mnt" 2>/dev/null || true
-    kill "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_mount() { # home
-  "$keibi" mount "$mnt" --home "$1" "${mount_args[@]}" 2>"$work/mount.log" &
-  pid=$!
-  for _ in $(seq 1 500); do
-    grep -q " $mnt fuse.keibi " /proc/mounts && return 0
-    sleep 0.02
-  done
-  cat "$work/mount.log"
-  exit 1
-}
-stop_mount() {
-  kill -TERM "$pid"
-  wait "$pid"
-  pid=""
-}
-start_mount "$home"
-
-drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+source "$(dirname "$0")/bench-lib.sh"
+bench_setup bench
+{ command -v fio && command -v jq; } >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fio jq >/dev/null
+home="$work/home" ext4="$work/ext4"
+mkdir -p "$ext4"
+start_mount "$home" "${mount_args[@]}"
 
 # fio JSON -> MiB/s or IOPS of one direction.
 fio_field() { jq -r "$1" "$2"; }
@@ -106,8 +72,6 @@ print(label, int(create), int(stat), int(remove))
 PY
 }
 
-peak_rss() { awk '/VmHWM/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status"; }
-
 run_fio "$ext4" ext4
 run_fio "$mnt" keibi
 small_files "$ext4" ext4
@@ -139,7 +103,7 @@ if [ "$memory" = 1 ]; then
   # A fresh mount and store, so the peak belongs to this write alone.
   stop_mount
   rm -rf "$home"
-  start_mount "$work/home2"
+  start_mount "$work/home2" "${mount_args[@]}"
   # Incompressible, never-repeating data: the worst case for the seal path (nothing dedups,
   # nothing compresses).
   python3 - "$mnt/ten-gib" <<'PY'
