@@ -30,6 +30,15 @@ impl ChunkId {
         Self(*hasher.finalize().as_bytes())
     }
 
+    /// The id of a whole chunk (`limits::CHUNK_BYTES`) of zeros: what a hole in the middle
+    /// of a file refers to. Computed once.
+    #[must_use]
+    pub fn of_zero_chunk() -> Self {
+        static ID: std::sync::LazyLock<ChunkId> =
+            std::sync::LazyLock::new(|| ChunkId::of_zeros(crate::limits::CHUNK_BYTES));
+        *ID
+    }
+
     /// Builds an id from a 32-byte slice, `None` for any other length.
     #[must_use]
     pub fn from_slice(bytes: &[u8]) -> Option<Self> {

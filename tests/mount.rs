@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use keibi::testing::noise;
 use mounted::{Mount, fuse_available, keibi};
+use nix::unistd::{Whence, lseek};
 
 fn assert_file(path: &Path, want: &[u8]) {
     let got = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -264,7 +265,48 @@ fn sparse_and_large_files_read_back_exactly() {
     f.read_exact(&mut head).expect("read hole");
     assert_eq!(&head[..7], b"\0\0\0near");
     assert!(head[7..].iter().all(|&b| b == 0), "a hole reads as zeros");
+    // SEEK_HOLE and SEEK_DATA find the hole, a chunk at a time (cp, tar and rsync skip it).
+    let chunk = i64::try_from(keibi::limits::CHUNK_BYTES).expect("small");
+    let far_chunk = i64::try_from(far).expect("small") / chunk * chunk;
+    assert_eq!(lseek(&f, 0, Whence::SeekHole).expect("SEEK_HOLE"), chunk);
+    assert_eq!(lseek(&f, 9, Whence::SeekData).expect("SEEK_DATA"), 9);
+    assert_eq!(
+        lseek(&f, chunk, Whence::SeekData).expect("SEEK_DATA"),
+        far_chunk
+    );
+    let end = i64::try_from(far + 8).expect("small");
+    assert_eq!(
+        lseek(&f, far_chunk, Whence::SeekHole).expect("SEEK_HOLE"),
+        end
+    );
+    assert_eq!(
+        lseek(&f, end, Whence::SeekData),
+        Err(nix::errno::Errno::ENXIO)
+    );
     drop(f);
+    // Holes take no blocks, so cp sees the file as sparse and copies it sparse, in moments.
+    let blocks = fs::metadata(&p).expect("stat").blocks();
+    assert!(
+        blocks * 512 <= 2 << 20,
+        "{blocks} blocks for two chunks of data"
+    );
+    let out_dir = tempfile::tempdir().expect("dir");
+    let copy = out_dir.path().join("copy");
+    let cp = std::process::Command::new("cp")
+        .arg("--sparse=auto")
+        .arg(&p)
+        .arg(&copy)
+        .status()
+        .expect("cp");
+    assert!(cp.success());
+    let meta = fs::metadata(&copy).expect("stat copy");
+    assert_eq!(meta.len(), far + 8);
+    assert!(meta.blocks() * 512 <= 2 << 20, "the copy is not sparse");
+    let mut tail = vec![0u8; 16];
+    let mut copied = File::open(&copy).expect("open copy");
+    copied.seek(SeekFrom::Start(far - 8)).expect("seek");
+    copied.read_exact(&mut tail).expect("read copy");
+    assert_eq!(&tail, b"\0\0\0\0\0\0\0\0far away");
     // The hole is not stored: 5 GiB of zeros would be 10,240 chunk references but one
     // deduplicated zero chunk at most.
     let (code, out, err) = keibi(m.home(), &["status", "--json"]);

@@ -13,7 +13,7 @@ use keibi::id::ROOT_INO;
 use keibi::limits::CHUNK_BYTES;
 use keibi::store::Cf;
 use keibi::tree::Kind;
-use keibi::vfs::{Error, OpenFlags, RenameMode, SetAttr, TimeSet};
+use keibi::vfs::{Error, OpenFlags, RenameMode, Seek, SetAttr, TimeSet};
 
 use keibi::testing::{self as common, BoxError, ME, noise};
 
@@ -451,6 +451,63 @@ fn readdir_pages_through_a_large_directory_read_in_part_and_sought_back() -> Tes
         Some(&listed[2001].1)
     );
     v.releasedir(fh);
+    Ok(())
+}
+
+#[test]
+fn seek_data_and_hole_follow_the_chunks_that_read_as_zeros() -> TestResult {
+    let fx = common::mem().expect("fixture");
+    let v = &fx.vfs;
+    let c = CHUNK_BYTES as u64;
+    let (attr, fh) = v.create(ROOT_INO, b"sparse", 0o644, ME, OpenFlags::default())?;
+    // Data in chunk 0, chunk 10 and the last (partial) chunk 14; chunk 12 written as zeros.
+    v.write(fh, 100, b"head")?;
+    v.write(fh, 10 * c + 7, b"middle")?;
+    v.write(fh, 12 * c, &vec![0u8; CHUNK_BYTES])?;
+    v.write(fh, 14 * c + 10, b"tail")?;
+    let size = 14 * c + 14;
+    let check = |fh: u64, zeros_are_holes: bool| -> TestResult {
+        assert_eq!(v.seek(fh, 0, Seek::Data)?, 0);
+        assert_eq!(v.seek(fh, 50, Seek::Hole)?, c, "chunk 1 is a hole");
+        assert_eq!(
+            v.seek(fh, c + 5, Seek::Hole)?,
+            c + 5,
+            "inside a hole, the offset itself"
+        );
+        assert_eq!(v.seek(fh, c + 5, Seek::Data)?, 10 * c);
+        assert_eq!(v.seek(fh, 10 * c + 3, Seek::Data)?, 10 * c + 3);
+        assert_eq!(v.seek(fh, 10 * c, Seek::Hole)?, 11 * c);
+        let after_11 = if zeros_are_holes { 14 * c } else { 12 * c };
+        assert_eq!(v.seek(fh, 11 * c, Seek::Data)?, after_11);
+        assert_eq!(v.seek(fh, 14 * c, Seek::Hole)?, size, "the end is a hole");
+        assert!(matches!(v.seek(fh, size, Seek::Data), Err(Error::PastEnd)));
+        assert!(matches!(
+            v.seek(fh, size + 9, Seek::Hole),
+            Err(Error::PastEnd)
+        ));
+        Ok(())
+    };
+    // Staged, chunk 12 is a buffer of zeros: data until committed.
+    check(fh, false)?;
+    v.release(fh)?;
+    assert_eq!(v.getattr(attr.ino)?.size, size);
+    // Committed, it is the zero chunk, a hole like the chunks never written.
+    let fh = v.open(attr.ino, OpenFlags::default())?;
+    check(fh, true)?;
+    // Past a truncate that extends the file, the new end reads as zeros: a hole.
+    v.setattr(
+        attr.ino,
+        &SetAttr {
+            size: Some(20 * c),
+            ..SetAttr::default()
+        },
+    )?;
+    assert_eq!(v.seek(fh, 14 * c + 20, Seek::Hole)?, 15 * c);
+    assert!(matches!(
+        v.seek(fh, 15 * c, Seek::Data),
+        Err(Error::PastEnd)
+    ));
+    v.release(fh)?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@ pub fn of(e: &Error) -> Errno {
         Error::NotPermitted(_) => Errno::EPERM,
         Error::BadHandle => Errno::EBADF,
         Error::TooBig => Errno::EFBIG,
+        Error::PastEnd => Errno::ENXIO,
         Error::NoAttr => Errno::ENODATA,
         Error::Unsupported => Errno::EOPNOTSUPP,
         // A full disk met below the vfs too (an unlink's or a chunk's write).
@@ -50,6 +51,7 @@ mod tests {
             (Error::NotPermitted("x"), Errno::EPERM),
             (Error::BadHandle, Errno::EBADF),
             (Error::TooBig, Errno::EFBIG),
+            (Error::PastEnd, Errno::ENXIO),
             (Error::NoAttr, Errno::ENODATA),
             (Error::Unsupported, Errno::EOPNOTSUPP),
             (Error::NoSpace("full".into()), Errno::ENOSPC),

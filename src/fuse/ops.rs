@@ -592,17 +592,29 @@ impl fuser::Filesystem for KeibiFs {
     // SEEK_DATA/SEEK_HOLE and copy_file_range: ENOSYS makes the kernel fall back to its
     // generic code (the whole file is data; copies go through read and write).
 
+    /// `SEEK_DATA` and `SEEK_HOLE` (the kernel answers the other kinds of seek itself).
     fn lseek(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: i64,
-        _whence: i32,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
         reply: ReplyLseek,
     ) {
         self.request();
-        reply.error(Errno::ENOSYS);
+        let what = match whence {
+            libc::SEEK_DATA => vfs::Seek::Data,
+            libc::SEEK_HOLE => vfs::Seek::Hole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(from) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.vfs.seek(fh.0, from, what) {
+            Ok(at) => reply.offset(i64::try_from(at).unwrap_or(i64::MAX)),
+            Err(e) => reply.error(errno::of(&e)),
+        }
     }
 
     fn copy_file_range(

@@ -14,7 +14,7 @@ use crate::store::{Batch, Cf, Durability, keys, tables::Tables};
 use crate::tree::{Kind, Timestamp};
 
 use super::patch::Ranges;
-use super::staging::{Buf, FileState, Piece, Slot};
+use super::staging::{Buf, FileState, Piece, Seek, Slot};
 use super::{Attr, CommitMode, Error, Result, Vfs};
 
 /// How a file was opened.
@@ -168,6 +168,17 @@ impl Vfs {
             }
             other => other,
         }
+    }
+
+    /// `lseek` with `SEEK_DATA` or `SEEK_HOLE` on an open file, from `offset`.
+    ///
+    /// # Errors
+    /// [`Error::BadHandle`]; [`Error::PastEnd`] at or past the end, or for `SEEK_DATA`
+    /// when only a hole follows.
+    pub fn seek(&self, fh: u64, offset: u64, what: Seek) -> Result<u64> {
+        let (f, _) = self.file_handle(fh)?;
+        let st = f.state.lock();
+        st.seek(offset, what).ok_or(Error::PastEnd)
     }
 
     fn read_once(&self, f: &OpenFile, offset: u64, len: u32) -> Result<Vec<u8>> {

@@ -144,7 +144,7 @@ impl Vfs {
         let (mut page, mut start) = match kept {
             Some(p) if offset != 0 => match p.after_offset(offset) {
                 Some(i) => (p, i),
-                None => self.seek(ino, offset)?,
+                None => self.seek_listing(ino, offset)?,
             },
             Some(_) | None => (Arc::new(self.first_page(ino)?), 0),
         };
@@ -167,7 +167,7 @@ impl Vfs {
 
     /// Reads the listing of `ino` from the start up to the entry at `offset`: its page and
     /// the index after it, or the last page and its end when no entry has that offset.
-    fn seek(&self, ino: Ino, offset: u64) -> Result<(Arc<Page>, usize)> {
+    fn seek_listing(&self, ino: Ino, offset: u64) -> Result<(Arc<Page>, usize)> {
         let mut page = self.first_page(ino)?;
         loop {
             if let Some(i) = page.after_offset(offset) {

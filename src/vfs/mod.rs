@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 
 use crate::chunk::{self, ChunkStore};
 use crate::id::{ChunkId, FileId, Ino};
-use crate::limits::{STAGED_BYTES_TOTAL_MAX, STAGED_CHECK_WRITES};
+use crate::limits::{CHUNK_BYTES_U64, STAGED_BYTES_TOTAL_MAX, STAGED_CHECK_WRITES};
 use crate::store::{self, tables::Tables};
 use crate::tree::{FileRecord, Kind, Timestamp};
 
@@ -36,6 +36,7 @@ pub use apply::{Applied, KernelCache, Outcome};
 pub use conflict::conflict_name;
 pub use dir::RenameMode;
 pub use file::OpenFlags;
+pub use staging::Seek;
 pub use xattr::XattrSet;
 
 /// Errors of the vfs core; `src/fuse/errno.rs` maps each to an errno.
@@ -71,6 +72,9 @@ pub enum Error {
     /// Past the largest file keibi stores (EFBIG).
     #[error("file too large")]
     TooBig,
+    /// A seek for data or a hole at or past the end of the file (ENXIO).
+    #[error("no such device or address")]
+    PastEnd,
     /// No such extended attribute (ENODATA).
     #[error("no such attribute")]
     NoAttr,
@@ -310,12 +314,22 @@ impl Vfs {
     }
 
     fn attr_of(&self, r: &FileRecord) -> Attr {
-        let size = self.open.lock().get(&r.ino).map_or(r.size, |f| f.size());
+        let open = self.open.lock().get(&r.ino).map(|f| f.size());
+        let size = open.unwrap_or(r.size);
+        // Blocks in use: whole chunks of zeros (holes) take none, so that `cp`, `tar` and
+        // `rsync` see a sparse file as sparse and skip its holes with SEEK_DATA. An open
+        // file may have staged writes in its holes: it counts as not sparse.
+        let hole_bytes = if open.is_none() && r.kind == Kind::File {
+            let zeros = ChunkId::of_zero_chunk();
+            r.manifest.iter().filter(|c| **c == zeros).count() as u64 * CHUNK_BYTES_U64
+        } else {
+            0
+        };
         Attr {
             ino: r.ino,
             kind: r.kind,
             size,
-            blocks: size.div_ceil(512),
+            blocks: size.saturating_sub(hole_bytes).div_ceil(512),
             atime: r.atime,
             mtime: r.mtime,
             ctime: r.ctime,
