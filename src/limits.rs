@@ -118,6 +118,12 @@ pub const FUSE_THREADS: usize = 8;
 /// Largest write request the kernel may send to the mount, in bytes.
 pub const FUSE_MAX_WRITE_BYTES: u32 = 1024 * 1024;
 
+/// Chunks one `copy_file_range` call references at most (1 GiB; the caller asks again for
+/// the rest), so that a call's answer fits FUSE's 32-bit count.
+pub const COPY_RANGE_CHUNKS_MAX: u64 = 2048;
+/// Bytes one `copy_file_range` call copies at most where chunks cannot be referenced
+/// (offsets of a different phase within a chunk, or writes not yet sealed).
+pub const COPY_RANGE_BYTES_MAX: u64 = 1024 * 1024;
 /// Directory entries returned by one readdir call of the vfs core.
 pub const READDIR_ENTRIES_MAX: usize = 1024;
 
@@ -236,6 +242,7 @@ const WIRE_RECORD_PART_BYTES_MAX: usize =
 const _: () = assert!(WIRE_RECORD_PART_BYTES_MAX < WIRE_MESSAGE_BYTES_MAX);
 const _: () = assert!(WIRE_BATCH_BYTES_MAX + WIRE_RECORD_PART_BYTES_MAX < WIRE_MESSAGE_BYTES_MAX);
 const _: () = assert!(CHUNK_BYTES + 1024 < WIRE_MESSAGE_BYTES_MAX);
+const _: () = assert!(COPY_RANGE_CHUNKS_MAX * CHUNK_BYTES_U64 <= u32::MAX as u64);
 const _: () = assert!(FETCH_CHUNKS_PER_STREAM <= WIRE_CHUNKS_PER_REQUEST_MAX);
 
 /// New chunks are refused while the disk holding the store has less than this free (or

@@ -617,20 +617,27 @@ impl fuser::Filesystem for KeibiFs {
         }
     }
 
+    /// Copies by referencing whole stored chunks where it can (`Vfs::copy_range`).
     fn copy_file_range(
         &self,
         _req: &Request,
         _ino_in: INodeNo,
-        _fh_in: FileHandle,
-        _offset_in: u64,
+        fh_in: FileHandle,
+        offset_in: u64,
         _ino_out: INodeNo,
-        _fh_out: FileHandle,
-        _offset_out: u64,
-        _len: u64,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
         self.request();
-        reply.error(Errno::ENOSYS);
+        match self
+            .vfs
+            .copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(u32::try_from(n).unwrap_or(u32::MAX)),
+            Err(e) => reply.error(errno::of(&e)),
+        }
     }
 }

@@ -13,8 +13,9 @@ use crate::limits::{
 use crate::store::{Batch, Cf, Durability, keys, tables::Tables};
 use crate::tree::{Kind, Timestamp};
 
+use super::extent::Seek;
 use super::patch::Ranges;
-use super::staging::{Buf, FileState, Piece, Seek, Slot};
+use super::staging::{Buf, FileState, Piece, Slot};
 use super::{Attr, CommitMode, Error, Result, Vfs};
 
 /// How a file was opened.
@@ -68,7 +69,7 @@ impl Vfs {
         fh
     }
 
-    fn file_handle(&self, fh: u64) -> Result<(Arc<OpenFile>, bool)> {
+    pub(super) fn file_handle(&self, fh: u64) -> Result<(Arc<OpenFile>, bool)> {
         let (ino, append) = match self.handles.lock().get(&fh) {
             Some(Handle::File { ino, append }) => (*ino, *append),
             Some(Handle::Dir { .. }) | None => return Err(Error::BadHandle),

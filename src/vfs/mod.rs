@@ -11,6 +11,7 @@
 mod apply;
 mod conflict;
 mod dir;
+mod extent;
 mod file;
 mod listing;
 mod patch;
@@ -35,8 +36,8 @@ use crate::tree::{FileRecord, Kind, Timestamp};
 pub use apply::{Applied, KernelCache, Outcome};
 pub use conflict::conflict_name;
 pub use dir::RenameMode;
+pub use extent::Seek;
 pub use file::OpenFlags;
-pub use staging::Seek;
 pub use xattr::XattrSet;
 
 /// Errors of the vfs core; `src/fuse/errno.rs` maps each to an errno.

@@ -91,15 +91,6 @@ fn sub(range: &[u8], start: usize, end: usize) -> Vec<u8> {
     out
 }
 
-/// What `lseek` looks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seek {
-    /// `SEEK_DATA`: the next offset that is not in a hole.
-    Data,
-    /// `SEEK_HOLE`: the next offset in a hole (the end of the file counts as one).
-    Hole,
-}
-
 impl FileState {
     pub fn from_record(r: &FileRecord) -> Self {
         Self {
@@ -115,34 +106,6 @@ impl FileState {
             last_read_end: u64::MAX,
             sealing: VecDeque::new(),
         }
-    }
-
-    /// The first offset at or after `offset` that is data or a hole, as `what` asks;
-    /// `None` for `SEEK_DATA` past the last data, or `offset` at or past the end. A hole is
-    /// a whole chunk that reads as zeros and has nothing staged: never written, or written
-    /// as zeros (stored as the one zero chunk of its length). Anything else counts as data.
-    pub fn seek(&self, offset: u64, what: Seek) -> Option<u64> {
-        if offset >= self.size {
-            return None;
-        }
-        let count = chunk_count(self.size);
-        let full_zeros = ChunkId::of_zero_chunk();
-        let is_hole = |idx: u64| {
-            if self.slots.contains_key(&idx) || self.journaled.contains_key(&idx) {
-                return false;
-            }
-            match self.base.get(usize::try_from(idx).unwrap_or(usize::MAX)) {
-                // Past the committed manifest (the file was extended): zeros.
-                None => true,
-                Some(id) if idx + 1 < count => *id == full_zeros,
-                Some(id) => *id == ChunkId::of_zeros(chunk_len(self.size, idx)),
-            }
-        };
-        let want_hole = what == Seek::Hole;
-        (offset / CHUNK_BYTES_U64..count)
-            .find(|idx| is_hole(*idx) == want_hole)
-            .map(|idx| (idx * CHUNK_BYTES_U64).max(offset))
-            .or(if want_hole { Some(self.size) } else { None })
     }
 
     /// Makes chunk `idx` a buffer of the right length and returns it.
