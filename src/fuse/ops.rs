@@ -10,8 +10,8 @@ use std::time::SystemTime;
 use fuser::{
     AccessFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
     LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 use nix::libc;
 
@@ -105,9 +105,7 @@ impl fuser::Filesystem for KeibiFs {
         // Optional capabilities: ask for each one the kernel offers.
         let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
             | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_DO_READDIRPLUS
-            | InitFlags::FUSE_READDIRPLUS_AUTO;
+            | InitFlags::FUSE_CACHE_SYMLINKS;
         let offered = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!(?missing, "kernel lacks some FUSE capabilities");
@@ -408,53 +406,6 @@ impl fuser::Filesystem for KeibiFs {
             for e in entries {
                 let name = OsStr::from_bytes(&e.name);
                 if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), name) {
-                    reply.ok();
-                    return;
-                }
-            }
-            offset = last;
-        }
-        reply.ok();
-    }
-
-    /// A listing with each entry's attributes, which the kernel caches as a lookup would:
-    /// `ls -l`, `du` or `git status` in a directory not yet looked up ask no more per entry.
-    /// The kernel asks for it (`FUSE_READDIRPLUS_AUTO`) when lookups follow a listing.
-    fn readdirplus(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectoryPlus,
-    ) {
-        self.request();
-        let mut offset = offset;
-        loop {
-            let entries = match self.vfs.readdir(fh.0, offset) {
-                Ok(e) => e,
-                Err(e) => {
-                    reply.error(errno::of(&e));
-                    return;
-                }
-            };
-            let Some(last) = entries.last().map(|e| e.offset) else {
-                break;
-            };
-            for e in entries {
-                // An entry removed since the page was read is left out.
-                let Ok(attr) = self.vfs.getattr(e.ino) else {
-                    continue;
-                };
-                let name = OsStr::from_bytes(&e.name);
-                if reply.add(
-                    INodeNo(e.ino),
-                    e.offset,
-                    name,
-                    &TTL,
-                    &file_attr(&attr),
-                    Generation(0),
-                ) {
                     reply.ok();
                     return;
                 }
