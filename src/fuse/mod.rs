@@ -17,6 +17,7 @@
 pub mod errno;
 pub mod latency;
 mod ops;
+mod reply;
 
 use std::io;
 use std::path::Path;

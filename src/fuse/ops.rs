@@ -16,10 +16,12 @@ use fuser::{
 use nix::libc;
 
 use super::latency::LatencyHold;
+use super::reply::{
+    creator, empty, entry, open_flags, open_reply_flags, time_set, xattr, xattr_set,
+};
 use super::{TTL, errno, file_attr, file_type, kind_of_mode};
 use crate::limits::FUSE_MAX_WRITE_BYTES;
-use crate::tree::Timestamp;
-use crate::vfs::{self, Creator, RenameMode, SetAttr, TimeSet, Vfs, XattrSet};
+use crate::vfs::{self, RenameMode, SetAttr, Vfs};
 
 /// The filesystem served to the kernel: a thin shell around the vfs core.
 pub struct KeibiFs {
@@ -48,56 +50,6 @@ impl KeibiFs {
             l.touch();
         }
     }
-}
-
-fn creator(req: &Request) -> Creator {
-    Creator {
-        uid: req.uid(),
-        gid: req.gid(),
-    }
-}
-
-fn open_flags(flags: i32) -> vfs::OpenFlags {
-    vfs::OpenFlags {
-        append: flags & libc::O_APPEND != 0,
-        truncate: flags & libc::O_TRUNC != 0,
-    }
-}
-
-fn time_set(t: TimeOrNow) -> TimeSet {
-    match t {
-        TimeOrNow::Now => TimeSet::Now,
-        TimeOrNow::SpecificTime(t) => TimeSet::At(Timestamp::from(t)),
-    }
-}
-
-fn entry(reply: ReplyEntry, r: vfs::Result<vfs::Attr>) {
-    match r {
-        Ok(a) => reply.entry(&TTL, &file_attr(&a), Generation(0)),
-        Err(e) => reply.error(errno::of(&e)),
-    }
-}
-
-/// Answers a `getxattr` or `listxattr` of a `size`-byte buffer with `r`.
-fn xattr(reply: ReplyXattr, size: u32, r: vfs::Result<Vec<u8>>) {
-    match r {
-        Ok(v) if size == 0 => reply.size(u32::try_from(v.len()).unwrap_or(u32::MAX)),
-        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
-        Ok(v) => reply.data(&v),
-        Err(e) => reply.error(errno::of(&e)),
-    }
-}
-
-fn empty(reply: ReplyEmpty, r: vfs::Result<()>) {
-    match r {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno::of(&e)),
-    }
-}
-
-/// Pages of data the kernel keeps across opens: the file was not changed by anyone else.
-fn open_reply_flags() -> FopenFlags {
-    FopenFlags::FOPEN_KEEP_CACHE
 }
 
 impl fuser::Filesystem for KeibiFs {
@@ -551,17 +503,10 @@ impl fuser::Filesystem for KeibiFs {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        let how = match flags {
-            0 => XattrSet::Any,
-            libc::XATTR_CREATE => XattrSet::Create,
-            libc::XATTR_REPLACE => XattrSet::Replace,
-            _ => return reply.error(Errno::EINVAL),
-        };
-        if position != 0 {
-            // A resource-fork offset, macOS only.
-            return reply.error(Errno::EINVAL);
+        match xattr_set(flags, position) {
+            Ok(how) => empty(reply, self.vfs.setxattr(ino.0, name.as_bytes(), value, how)),
+            Err(e) => reply.error(e),
         }
-        empty(reply, self.vfs.setxattr(ino.0, name.as_bytes(), value, how));
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
