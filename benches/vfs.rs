@@ -1,6 +1,7 @@
 //! Filesystem core benchmarks over a real encrypted store: sequential write and read of
 //! 1 GiB in 1 MiB writes and 128 KiB reads (the sizes FUSE uses), and 4 KiB random writes
-//! with an fsync every 64; lookup in small and large directories.
+//! with an fsync every 64; lookup in small and large directories; applying a peer's record of
+//! a large file whose chunks are all missing.
 #![expect(
     clippy::expect_used,
     reason = "a benchmark whose setup fails has nothing to measure"
@@ -148,10 +149,61 @@ fn lookup_by_directory_size(c: &mut Criterion) {
     g.finish();
 }
 
+/// Applying a peer's record of a 10 GiB file whose 20,480 chunks this store lacks: each is
+/// checked against the store and queued once.
+fn apply_large_manifest(c: &mut Criterion) {
+    use keibi::id::{ChunkId, FileId};
+    use keibi::tree::{FileRecord, Kind, Timestamp, VersionVector};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = testing::rocks(dir.path()).expect("fixture");
+    let chunks = 20_480u64;
+    let mut g = c.benchmark_group("vfs apply");
+    g.sample_size(10);
+    let mut next = 0u128;
+    g.bench_function("record of a 10 GiB file, every chunk missing", |b| {
+        b.iter_batched(
+            || {
+                next += 1;
+                FileRecord {
+                    id: FileId((1 << 126) | next),
+                    ino: 0,
+                    kind: Kind::File,
+                    parent: keibi::id::FileId::ROOT,
+                    name: format!("big-{next}").into_bytes(),
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    atime: Timestamp::now(),
+                    mtime: Timestamp::now(),
+                    ctime: Timestamp::now(),
+                    size: chunks * CHUNK_BYTES as u64,
+                    manifest: (0..chunks)
+                        .map(|i| {
+                            ChunkId::of(&[next.to_le_bytes(), u128::from(i).to_le_bytes()].concat())
+                        })
+                        .collect(),
+                    target: Vec::new(),
+                    subdirs: 0,
+                    version: VersionVector(vec![(7, 1)]),
+                    seq: 1,
+                    tombstone: false,
+                    origin: 0,
+                    xattrs: Vec::new(),
+                }
+            },
+            |r| fx.vfs.apply_remote(7, &r, true).expect("apply"),
+            BatchSize::PerIteration,
+        );
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     sequential,
     random_small_writes,
-    lookup_by_directory_size
+    lookup_by_directory_size,
+    apply_large_manifest
 );
 criterion_main!(benches);

@@ -103,6 +103,27 @@ fn extended_attributes_replicate_without_moving_data() {
 }
 
 #[test]
+fn a_sparse_file_reaches_the_peer_without_its_holes_being_fetched() {
+    let (a, b) = pair();
+    let c = keibi::limits::CHUNK_BYTES;
+    // Data in the first and the tenth chunk; the eight between are holes.
+    let mut data = vec![0u8; 10 * c];
+    data[..c].copy_from_slice(&noise(c, 21));
+    data[9 * c..].copy_from_slice(&noise(c, 22));
+    let (_, fh) = a
+        .vfs
+        .create(ROOT_INO, b"sparse.img", 0o644, ME, OpenFlags::default())
+        .expect("create");
+    a.vfs.write(fh, 0, &data[..c]).expect("write");
+    a.vfs
+        .write(fh, 9 * c as u64, &data[9 * c..])
+        .expect("write");
+    a.vfs.release(fh).expect("release");
+    assert!(wait_until(30, || b.read("/sparse.img").as_deref() == Some(&data[..])));
+    assert_eq!(b.status().chunks_fetched, 2, "only the two chunks of data");
+}
+
+#[test]
 fn chunks_of_a_file_still_being_written_reach_the_peer_before_its_record() {
     let (a, b) = pair();
     // Announcements go on sessions that are up (a session starts after the newest chunk).

@@ -24,10 +24,10 @@
 //!
 //! Lock order: open map, then the file's staging, then the tree (as everywhere in the vfs).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::id::{ChunkId, FileId, Ino};
-use crate::limits::TREE_DEPTH_MAX;
+use crate::limits::{CHUNK_BYTES, TREE_DEPTH_MAX};
 use crate::store::{Batch, Durability, tables::Tables};
 use crate::tree::{FileRecord, Kind, Order, Timestamp};
 
@@ -95,6 +95,8 @@ struct Work<'a> {
     touched: BTreeMap<FileId, FileRecord>,
     inval: Invalidations,
     missing: Vec<ChunkId>,
+    /// `missing` as a set: a manifest of many thousand chunks is checked in linear time.
+    missing_seen: HashSet<ChunkId>,
 }
 
 impl Work<'_> {
@@ -180,10 +182,18 @@ impl Work<'_> {
         if !rec.tombstone && (moved || !was_live) {
             self.link_entry(&rec)?;
         }
+        let hole = ChunkId::of_zero_chunk();
         for c in &rec.manifest {
-            if !self.missing.contains(c) && !self.vfs.chunks.contains(c)? {
-                self.missing.push(*c);
+            if self.missing_seen.contains(c) || self.vfs.chunks.contains(c)? {
+                continue;
             }
+            if *c == hole {
+                // A hole of a sparse file: made here, not fetched.
+                self.vfs.chunks.zeros(CHUNK_BYTES)?;
+                continue;
+            }
+            self.missing_seen.insert(*c);
+            self.missing.push(*c);
         }
         self.inval.inodes.push(rec.ino);
         match origin {
@@ -337,6 +347,7 @@ impl Vfs {
                 touched: BTreeMap::new(),
                 inval: Invalidations::default(),
                 missing: Vec::new(),
+                missing_seen: HashSet::new(),
             };
             let local = self.tables.record(incoming.id)?;
             let outcome = work.apply(
