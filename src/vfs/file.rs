@@ -34,10 +34,6 @@ pub(crate) struct OpenFile {
 }
 
 impl OpenFile {
-    pub fn size(&self) -> u64 {
-        self.state.lock().size
-    }
-
     pub fn overlay_times(&self, attr: &mut Attr) {
         if let Some(t) = self.state.lock().mtime {
             attr.mtime = t;

@@ -315,12 +315,15 @@ impl Vfs {
     }
 
     fn attr_of(&self, r: &FileRecord) -> Attr {
-        let open = self.open.lock().get(&r.ino).map(|f| f.size());
-        let size = open.unwrap_or(r.size);
+        let open = self.open.lock().get(&r.ino).map(|f| {
+            let st = f.state.lock();
+            (st.size, st.is_clean())
+        });
+        let size = open.map_or(r.size, |(size, _)| size);
         // Blocks in use: whole chunks of zeros (holes) take none, so that `cp`, `tar` and
         // `rsync` see a sparse file as sparse and skip its holes with SEEK_DATA. An open
-        // file may have staged writes in its holes: it counts as not sparse.
-        let hole_bytes = if open.is_none() && r.kind == Kind::File {
+        // file with staged writes may have them in its holes: it counts as not sparse.
+        let hole_bytes = if open.is_none_or(|(_, clean)| clean) && r.kind == Kind::File {
             let zeros = ChunkId::of_zero_chunk();
             r.manifest.iter().filter(|c| **c == zeros).count() as u64 * CHUNK_BYTES_U64
         } else {
