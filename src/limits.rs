@@ -195,6 +195,9 @@ pub const INBOX_RETRY_MS: u64 = 500;
 
 /// Concurrent `StreamFile` calls of the fetcher.
 pub const FETCH_STREAMS_MAX: usize = 4;
+/// Chunks `keibi verify --repair` fetches at once, each on a stream of its own: within the
+/// bound of [`FETCH_STREAMS_MAX`] streams of [`FETCH_CHUNKS_PER_STREAM`] chunks in flight.
+pub const REPAIR_FETCHES_MAX: usize = FETCH_STREAMS_MAX * FETCH_CHUNKS_PER_STREAM;
 /// Chunks asked for in one `StreamFile` call; with [`FETCH_STREAMS_MAX`] this bounds the
 /// bytes in flight to [`FETCH_BYTES_IN_FLIGHT_MAX`].
 pub const FETCH_CHUNKS_PER_STREAM: usize = 8;

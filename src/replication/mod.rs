@@ -36,7 +36,7 @@ use serde::Serialize;
 use crate::id::ChunkId;
 use crate::limits::{
     HTTP2_WINDOW_BYTES, INBOX_RETRY_MS, KEEPALIVE_INTERVAL_MS, NOTIFY_DEBOUNCE_MS,
-    OPEN_FILES_COMMIT_POLL_MS, WIRE_MESSAGE_BYTES_MAX,
+    OPEN_FILES_COMMIT_POLL_MS, REPAIR_FETCHES_MAX, WIRE_MESSAGE_BYTES_MAX,
 };
 use crate::vfs::Vfs;
 
@@ -242,8 +242,9 @@ impl Replication {
     }
 
     /// Fetches each of `ids` again from a connected peer and stores it, checked against
-    /// its hash, in place of the damaged or absent frame (`keibi verify --repair`). One
-    /// chunk at a time; a chunk no peer could send is listed with the reasons.
+    /// its hash, in place of the damaged or absent frame (`keibi verify --repair`). Up to
+    /// [`REPAIR_FETCHES_MAX`] chunks are fetched at once; a chunk no peer could send is
+    /// listed with the reasons. Both lists keep the order of `ids`.
     #[must_use]
     pub fn repair(&self, ids: &[ChunkId]) -> Repair {
         let mut out = Repair::default();
@@ -254,10 +255,36 @@ impl Replication {
                 .collect();
             return out;
         };
+        let fetcher = Arc::clone(&self.node.fetcher);
+        let wanted = ids.to_vec();
+        let mut got = handle.block_on(async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut of_task = std::collections::HashMap::new();
+            let mut got = std::collections::HashMap::new();
+            let mut next = wanted.into_iter();
+            loop {
+                while tasks.len() < REPAIR_FETCHES_MAX {
+                    let Some(id) = next.next() else { break };
+                    let f = Arc::clone(&fetcher);
+                    let task = tasks.spawn(async move { f.fetch_checked(id).await });
+                    of_task.insert(task.id(), id);
+                }
+                match tasks.join_next_with_id().await {
+                    Some(Ok((task, result))) => {
+                        got.insert(of_task[&task], result);
+                    }
+                    Some(Err(e)) => {
+                        got.insert(of_task[&e.id()], Err(format!("fetch task failed: {e}")));
+                    }
+                    None => return got,
+                }
+            }
+        });
         let chunks = self.node.vfs.chunks();
         for id in ids {
-            let stored = handle
-                .block_on(self.node.fetcher.fetch_checked(*id))
+            let stored = got
+                .remove(id)
+                .unwrap_or_else(|| Err("not fetched".into()))
                 .and_then(|c| {
                     chunks
                         .replace_fetched(*id, c.data.to_vec(), &c.cvs)
