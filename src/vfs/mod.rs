@@ -368,6 +368,41 @@ impl Vfs {
         files.iter().flat_map(|f| f.staged_chunks()).collect()
     }
 
+    /// Chunks referenced by live files that this store lacks: at most `limit`.
+    ///
+    /// # Errors
+    /// Store errors.
+    pub fn missing_chunks(&self, limit: usize) -> Result<Vec<ChunkId>> {
+        let mut out = Vec::new();
+        let mut failure = None;
+        let mut seen = std::collections::HashSet::new();
+        self.tables.for_each_record(&mut |r| {
+            if r.tombstone || r.kind != Kind::File {
+                return true;
+            }
+            for c in &r.manifest {
+                match self.chunks.contains(c) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if seen.insert(*c) {
+                            out.push(*c);
+                        }
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        return false;
+                    }
+                }
+            }
+            out.len() < limit
+        })?;
+        if let Some(e) = failure {
+            return Err(e.into());
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
     /// Bytes of file content held in memory by staging (dirty buffers and chunks being
     /// sealed), over every open file.
     #[must_use]
