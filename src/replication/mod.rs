@@ -256,11 +256,14 @@ impl Replication {
             return out;
         };
         let fetcher = Arc::clone(&self.node.fetcher);
+        let chunks = Arc::clone(self.node.vfs.chunks());
         let wanted = ids.to_vec();
-        let mut got = handle.block_on(async move {
+        // Each chunk is stored as it arrives, so at most REPAIR_FETCHES_MAX are held at once;
+        // what is kept for the report is each chunk's outcome.
+        let mut outcome = handle.block_on(async move {
             let mut tasks = tokio::task::JoinSet::new();
             let mut of_task = std::collections::HashMap::new();
-            let mut got = std::collections::HashMap::new();
+            let mut outcome = std::collections::HashMap::new();
             let mut next = wanted.into_iter();
             loop {
                 while tasks.len() < REPAIR_FETCHES_MAX {
@@ -269,28 +272,24 @@ impl Replication {
                     let task = tasks.spawn(async move { f.fetch_checked(id).await });
                     of_task.insert(task.id(), id);
                 }
-                match tasks.join_next_with_id().await {
-                    Some(Ok((task, result))) => {
-                        got.insert(of_task[&task], result);
-                    }
-                    Some(Err(e)) => {
-                        got.insert(of_task[&e.id()], Err(format!("fetch task failed: {e}")));
-                    }
-                    None => return got,
-                }
-            }
-        });
-        let chunks = self.node.vfs.chunks();
-        for id in ids {
-            let stored = got
-                .remove(id)
-                .unwrap_or_else(|| Err("not fetched".into()))
-                .and_then(|c| {
+                let (id, got) = match tasks.join_next_with_id().await {
+                    Some(Ok((task, got))) => (of_task[&task], got),
+                    Some(Err(e)) => (of_task[&e.id()], Err(format!("fetch task failed: {e}"))),
+                    None => return outcome,
+                };
+                let stored = got.and_then(|c| {
                     chunks
-                        .replace_fetched(*id, c.data.to_vec(), &c.cvs)
+                        .replace_fetched(id, c.data.to_vec(), &c.cvs)
                         .map_err(|e| format!("storing it: {e}"))
                 });
-            match stored {
+                outcome.insert(id, stored);
+            }
+        });
+        for id in ids {
+            match outcome
+                .remove(id)
+                .unwrap_or_else(|| Err("not fetched".into()))
+            {
                 Ok(()) => out.fetched.push(*id),
                 Err(e) => out.failed.push((*id, e)),
             }
