@@ -120,6 +120,10 @@ fn copies_off_chunk_boundaries_and_over_unsealed_writes_move_bytes() -> TestResu
     Ok(())
 }
 
+/// The copy's record reaches the peer and reads the same there. The peer already has every
+/// chunk the copy references, so it fetches nothing; a copy by bytes would dedup to the same
+/// chunks, so this checks the record a reference copy commits, not that no bytes moved
+/// (the mount test below checks that).
 #[test]
 fn a_copy_reaches_the_peer_without_fetching_anything() {
     let (a, b) = peers::pair();
