@@ -8,16 +8,17 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use fuser::{
-    AccessFlags, Errno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    AccessFlags, Errno, FileHandle, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 use nix::libc;
 
 use super::latency::LatencyHold;
 use super::reply::{
-    creator, empty, entry, open_flags, open_reply_flags, time_set, xattr, xattr_set,
+    creator, empty, entry, open_flags, open_reply_flags, opendir_reply_flags, time_set, xattr,
+    xattr_set,
 };
 use super::{TTL, errno, file_attr, file_type, kind_of_mode};
 use crate::limits::FUSE_MAX_WRITE_BYTES;
@@ -246,7 +247,7 @@ impl fuser::Filesystem for KeibiFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.request();
         match self.vfs.open(ino.0, open_flags(flags.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), open_reply_flags()),
+            Ok(fh) => reply.opened(FileHandle(fh), open_reply_flags(flags.0)),
             Err(e) => reply.error(errno::of(&e)),
         }
     }
@@ -329,7 +330,7 @@ impl fuser::Filesystem for KeibiFs {
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.request();
         match self.vfs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), opendir_reply_flags()),
             Err(e) => reply.error(errno::of(&e)),
         }
     }
@@ -432,7 +433,7 @@ impl fuser::Filesystem for KeibiFs {
                 &file_attr(&a),
                 Generation(0),
                 FileHandle(fh),
-                open_reply_flags(),
+                open_reply_flags(flags),
             ),
             Err(e) => reply.error(errno::of(&e)),
         }

@@ -55,9 +55,21 @@ pub(super) fn empty(reply: ReplyEmpty, r: vfs::Result<()>) {
     }
 }
 
-/// Pages of data the kernel keeps across opens: the file was not changed by anyone else.
-pub(super) fn open_reply_flags() -> FopenFlags {
-    FopenFlags::FOPEN_KEEP_CACHE
+/// How the kernel treats a file opened with `flags` (of open(2)). Its pages are kept across
+/// opens: the file was not changed by anyone else. A handle that can change nothing (read
+/// only, no `O_TRUNC`) has nothing to commit, so its `close` sends no `FLUSH` round trip.
+pub(super) fn open_reply_flags(flags: i32) -> FopenFlags {
+    let read_only = flags & libc::O_ACCMODE == libc::O_RDONLY && flags & libc::O_TRUNC == 0;
+    if read_only {
+        FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
+    } else {
+        FopenFlags::FOPEN_KEEP_CACHE
+    }
+}
+
+/// Listings the kernel caches across opens of a directory.
+pub(super) fn opendir_reply_flags() -> FopenFlags {
+    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
 }
 
 /// What `setxattr`'s flags ask of an existing attribute; `position` is macOS's
