@@ -126,6 +126,10 @@ pub const COPY_RANGE_CHUNKS_MAX: u64 = 2048;
 pub const COPY_RANGE_BYTES_MAX: u64 = 1024 * 1024;
 /// Directory entries returned by one readdir call of the vfs core.
 pub const READDIR_ENTRIES_MAX: usize = 1024;
+/// Listing pages kept over all directories to find where a `readdir` offset is (there are
+/// no directory handles; see `vfs::listing`): at most this many times
+/// [`READDIR_ENTRIES_MAX`] entries, some 10 MiB with names of 255 bytes.
+pub const LISTING_PAGES_KEPT: usize = 32;
 
 const _: () = assert!(CHUNK_BYTES.is_power_of_two());
 const _: () = assert!(CHUNK_BYTES % PIECE_BYTES == 0 && PIECES_PER_CHUNK_MAX <= 255);

@@ -265,10 +265,9 @@ pub fn snapshot(
     let mut out = std::collections::BTreeMap::new();
     let mut stack = vec![(crate::id::ROOT_INO, String::new())];
     while let Some((dir, path)) = stack.pop() {
-        let fh = vfs.opendir(dir)?;
         let mut offset = 0;
         loop {
-            let entries = vfs.readdir(fh, offset)?;
+            let entries = vfs.readdir(dir, offset)?;
             if entries.is_empty() {
                 break;
             }
@@ -305,7 +304,6 @@ pub fn snapshot(
                 out.insert(p, (e.kind, attr.perm, content));
             }
         }
-        vfs.releasedir(fh);
     }
     Ok(out)
 }

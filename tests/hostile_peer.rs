@@ -131,11 +131,10 @@ fn record(id: u128, name: &[u8], size: u64, manifest: Vec<Vec<u8>>, seq: u64) ->
 
 /// The names in the root directory, without reading any file.
 fn root_names(vfs: &Vfs) -> Vec<Vec<u8>> {
-    let fh = vfs.opendir(ROOT_INO).expect("opendir");
     let mut names = Vec::new();
     let mut offset = 0;
     loop {
-        let entries = vfs.readdir(fh, offset).expect("readdir");
+        let entries = vfs.readdir(ROOT_INO, offset).expect("readdir");
         if entries.is_empty() {
             break;
         }
@@ -146,7 +145,6 @@ fn root_names(vfs: &Vfs) -> Vec<Vec<u8>> {
             }
         }
     }
-    vfs.releasedir(fh);
     names
 }
 

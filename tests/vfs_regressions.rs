@@ -131,14 +131,12 @@ fn two_contents_under_one_version_settle_on_one() -> TestResult {
     );
     assert_eq!((&ra.name, ra.parent), (&rb.name, rb.parent));
     let listed = |v: &keibi::vfs::Vfs| -> Result<Vec<Vec<u8>>, BoxError> {
-        let fh = v.opendir(ROOT_INO)?;
         let names = v
-            .readdir(fh, 0)?
+            .readdir(ROOT_INO, 0)?
             .into_iter()
             .map(|e| e.name)
             .filter(|n| n != b"." && n != b"..")
             .collect();
-        v.releasedir(fh);
         Ok(names)
     };
     assert_eq!(listed(&a.vfs)?, listed(&b.vfs)?);
@@ -160,11 +158,9 @@ fn an_entry_whose_record_cannot_be_read_fails_the_listing_instead_of_vanishing()
     let backend: std::sync::Arc<dyn keibi::store::Backend> = failing.clone();
     let remounted = common::reopen_mem(&backend)?;
     let v = &remounted.vfs;
-    let fh = v.opendir(ROOT_INO)?;
-    assert_eq!(v.readdir(fh, 0)?.len(), 4, "., .., a and b");
-    v.releasedir(fh);
+    assert_eq!(v.readdir(ROOT_INO, 0)?.len(), 4, "., .., a and b");
     failing.fail_reads_of(Cf::Files, &id.to_be_bytes());
-    let listed = v.opendir(ROOT_INO).and_then(|fh| v.readdir(fh, 0));
+    let listed = v.readdir(ROOT_INO, 0);
     assert!(
         listed.is_err(),
         "the listing failed instead of leaving b out: {listed:?}"

@@ -12,7 +12,8 @@
 //! change passes through this adapter, whose replies carry the new attributes, so the kernel
 //! never keeps a stale nlink, ctime or size. A failed lookup is answered with ENOENT and
 //! never cached (no negative dentries), so a file that appears later is found at once.
-//! Page-cache data is kept across opens; changes from peers invalidate it explicitly.
+//! Page-cache data and directory listings are kept across opens; changes from peers
+//! invalidate them explicitly.
 
 pub mod errno;
 pub mod latency;

@@ -31,6 +31,9 @@ pub struct KeibiFs {
     latency: Option<Arc<LatencyHold>>,
     /// Serve extended attributes (`--xattrs`).
     xattrs: bool,
+    /// The kernel opens directories without asking (`FUSE_NO_OPENDIR_SUPPORT`), once
+    /// `opendir` has answered ENOSYS.
+    no_opendir: bool,
 }
 
 impl KeibiFs {
@@ -42,6 +45,7 @@ impl KeibiFs {
             vfs,
             latency,
             xattrs,
+            no_opendir: false,
         }
     }
 
@@ -60,6 +64,10 @@ impl fuser::Filesystem for KeibiFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS;
         let offered = config.capabilities() & wanted;
+        // Listings need no handle (vfs::listing), so directories open without a round trip.
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!(?missing, "kernel lacks some FUSE capabilities");
         }
@@ -329,8 +337,13 @@ impl fuser::Filesystem for KeibiFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.request();
+        if self.no_opendir {
+            // The kernel stops asking, and caches listings across opens by itself.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
         match self.vfs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), opendir_reply_flags()),
+            Ok(()) => reply.opened(FileHandle(0), opendir_reply_flags()),
             Err(e) => reply.error(errno::of(&e)),
         }
     }
@@ -338,15 +351,15 @@ impl fuser::Filesystem for KeibiFs {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         self.request();
         let mut offset = offset;
         loop {
-            let entries = match self.vfs.readdir(fh.0, offset) {
+            let entries = match self.vfs.readdir(ino.0, offset) {
                 Ok(e) => e,
                 Err(e) => {
                     reply.error(errno::of(&e));
@@ -372,12 +385,11 @@ impl fuser::Filesystem for KeibiFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
         self.request();
-        self.vfs.releasedir(fh.0);
         reply.ok();
     }
 

@@ -48,14 +48,7 @@ impl OpenFile {
 
 /// What a handle refers to.
 pub(crate) enum Handle {
-    File {
-        ino: Ino,
-        append: bool,
-    },
-    Dir {
-        ino: Ino,
-        page: Option<Arc<super::listing::Page>>,
-    },
+    File { ino: Ino, append: bool },
 }
 
 impl Vfs {
@@ -68,7 +61,7 @@ impl Vfs {
     pub(super) fn file_handle(&self, fh: u64) -> Result<(Arc<OpenFile>, bool)> {
         let (ino, append) = match self.handles.lock().get(&fh) {
             Some(Handle::File { ino, append }) => (*ino, *append),
-            Some(Handle::Dir { .. }) | None => return Err(Error::BadHandle),
+            None => return Err(Error::BadHandle),
         };
         let f = self
             .open

@@ -1,20 +1,26 @@
-//! Directory listings: open, read in pages, close. A listing is read from the store one page
-//! at a time, in name order, each page continuing after the last name of the one before:
-//! memory stays one page per open directory however large it is, and the first entries
-//! come at once. An entry present for the whole listing is listed exactly once; one added,
-//! removed or renamed meanwhile may or may not be (as POSIX allows).
+//! Directory listings, read in pages without open handles. A listing is read from the store
+//! one page at a time, in name order, each page continuing after the last name of the one
+//! before, so the first entries come at once however large the directory is. An entry
+//! present for the whole listing is listed exactly once; one added, removed or renamed
+//! meanwhile may or may not be (as POSIX allows).
 //!
 //! An entry's offset, the position the kernel (and `telldir`) gives back to continue after
 //! it, is a hash of its name ([`offset_of`]), not a count: it stays valid while other
 //! entries come and go, so a `seekdir` to it goes on from the same entry.
+//!
+//! There are no directory handles: the mount lets the kernel open directories without
+//! asking (two round trips fewer per listing). The pages read last, [`LISTING_PAGES_KEPT`]
+//! of them over all directories, are kept to find where an offset is. A kept page is
+//! served as it was read only while its directory is unchanged (the same ctime, which every
+//! change of its entries sets); otherwise the listing goes on from the store after the name
+//! at that offset, so a listing started after a change never shows what the change removed.
 
 use std::sync::Arc;
 
 use crate::id::{FileId, Ino};
-use crate::limits::READDIR_ENTRIES_MAX;
-use crate::tree::Kind;
+use crate::limits::{LISTING_PAGES_KEPT, READDIR_ENTRIES_MAX};
+use crate::tree::{Kind, Timestamp};
 
-use super::file::Handle;
 use super::{DirEntry, Error, Result, Vfs};
 
 /// Offsets of `.` and `..`; a name's offset is above them.
@@ -30,14 +36,20 @@ fn offset_of(name: &[u8]) -> u64 {
     (u64::from_le_bytes(b) >> 2) + DOTDOT_OFFSET + 1
 }
 
-/// One page of a listing: what an open directory keeps between two reads.
+/// One page of a listing, as read from the store.
 pub(crate) struct Page {
+    /// The directory.
+    ino: Ino,
+    /// Its ctime when the page was read: the page is current while this holds.
+    ctime: Timestamp,
     /// Entries in name order; `.` and `..` start the first page.
     entries: Vec<DirEntry>,
     /// Offset of the last entry listed before this page. The kernel may go on from it when
     /// this page's first entry did not fit its buffer, and that entry may be gone by then
     /// (`rm -rf` removes what it has read).
     before: Option<u64>,
+    /// The name this page was read after (`None` for the first page).
+    from: Option<Vec<u8>>,
     /// The last name read from the store, listed or not: the next page starts after it.
     after: Option<Vec<u8>>,
     /// No entries follow.
@@ -62,14 +74,42 @@ impl Page {
     }
 }
 
+/// The pages read last, most recent first: at most [`LISTING_PAGES_KEPT`].
+#[derive(Default)]
+pub(crate) struct KeptPages(std::collections::VecDeque<Arc<Page>>);
+
+impl KeptPages {
+    /// The most recent page of `ino` holding the position after `offset`, and the index
+    /// there; a page of the directory as it is now (`ctime`) before any older one.
+    fn find(&self, ino: Ino, ctime: Timestamp, offset: u64) -> Option<(Arc<Page>, usize)> {
+        let mut stale = None;
+        for p in self.0.iter().filter(|p| p.ino == ino) {
+            if let Some(i) = p.after_offset(offset) {
+                if p.ctime == ctime {
+                    return Some((Arc::clone(p), i));
+                }
+                if stale.is_none() {
+                    stale = Some((Arc::clone(p), i));
+                }
+            }
+        }
+        stale
+    }
+
+    fn keep(&mut self, page: &Arc<Page>) {
+        self.0.retain(|p| !Arc::ptr_eq(p, page));
+        self.0.push_front(Arc::clone(page));
+        self.0.truncate(LISTING_PAGES_KEPT);
+    }
+}
+
 impl Vfs {
-    /// Opens directory `ino` for reading.
+    /// Checks that `ino` is a directory that can be listed (an `opendir`).
     ///
     /// # Errors
     /// [`Error::NotDir`], [`Error::NotFound`].
-    pub fn opendir(&self, ino: Ino) -> Result<u64> {
-        self.dir_record(ino)?;
-        Ok(self.new_handle(Handle::Dir { ino, page: None }))
+    pub fn opendir(&self, ino: Ino) -> Result<()> {
+        self.dir_record(ino).map(|_| ())
     }
 
     /// The listing's first page: `.`, `..` and the first children.
@@ -80,7 +120,7 @@ impl Vfs {
         } else {
             self.live_record(dir.parent)?.ino
         };
-        let mut page = self.next_page(dir.id, None, None)?;
+        let mut page = self.next_page(ino, dir.ctime, dir.id, None, None)?;
         let dots = [
             DirEntry {
                 ino: dir.ino,
@@ -99,14 +139,24 @@ impl Vfs {
         Ok(page)
     }
 
-    /// The page of directory `dir` after name `after` (whose entry, if listed, was at offset
-    /// `before`): up to [`READDIR_ENTRIES_MAX`] names read, of which those whose file is
-    /// live are listed.
-    fn next_page(&self, dir: FileId, after: Option<&[u8]>, before: Option<u64>) -> Result<Page> {
+    /// The page of directory `dir` (inode `ino`, at `ctime`) after name `after` (whose
+    /// entry, if listed, was at offset `before`): up to [`READDIR_ENTRIES_MAX`] names read,
+    /// of which those whose file is live are listed.
+    fn next_page(
+        &self,
+        ino: Ino,
+        ctime: Timestamp,
+        dir: FileId,
+        after: Option<&[u8]>,
+        before: Option<u64>,
+    ) -> Result<Page> {
         let batch = self.tables.children(dir, after, READDIR_ENTRIES_MAX)?;
         let mut page = Page {
+            ino,
+            ctime,
             entries: Vec::with_capacity(batch.len() + 2),
             before,
+            from: after.map(<[u8]>::to_vec),
             after: after.map(<[u8]>::to_vec),
             done: batch.len() < READDIR_ENTRIES_MAX,
         };
@@ -129,29 +179,56 @@ impl Vfs {
         Ok(page)
     }
 
-    /// Entries of an open directory after the one at `offset` (0 to start), at most
-    /// [`READDIR_ENTRIES_MAX`]; empty at the end. Going on from an entry of the last page
-    /// read costs at most one page; from an entry further back (a `seekdir`), the listing
+    /// Entries of directory `ino` after the one at `offset` (0 to start), at most
+    /// [`READDIR_ENTRIES_MAX`]; empty at the end. Going on from an entry of a page read
+    /// lately costs at most one page; from an entry further back (a `seekdir`), the listing
     /// is read again up to it. An offset whose entry has gone meanwhile ends the listing.
     ///
     /// # Errors
-    /// [`Error::BadHandle`]; store errors.
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirEntry>> {
-        let (ino, kept) = match self.handles.lock().get(&fh) {
-            Some(Handle::Dir { ino, page }) => (*ino, page.clone()),
-            Some(Handle::File { .. }) | None => return Err(Error::BadHandle),
+    /// [`Error::NotDir`], [`Error::NotFound`]; store errors.
+    pub fn readdir(&self, ino: Ino, offset: u64) -> Result<Vec<DirEntry>> {
+        // The ctime is read before any page: a change after it makes the page read stale.
+        let dir = self.dir_record(ino)?;
+        let kept = if offset > DOTDOT_OFFSET {
+            self.listings.lock().find(ino, dir.ctime, offset)
+        } else {
+            None
         };
         let (mut page, mut start) = match kept {
-            Some(p) if offset != 0 => match p.after_offset(offset) {
-                Some(i) => (p, i),
-                None => self.seek_listing(ino, offset)?,
-            },
-            Some(_) | None => (Arc::new(self.first_page(ino)?), 0),
+            Some((p, i)) if p.ctime == dir.ctime => (p, i),
+            // Changed since: go on from the store after the entry at `offset` (the page's
+            // own start when the entry is the one before it).
+            Some((p, i)) => {
+                let from = match i.checked_sub(1) {
+                    Some(i) => p.entries.get(i).map(|e| e.name.as_slice()),
+                    None => p.from.as_deref(),
+                };
+                match from {
+                    Some(name) => (
+                        Arc::new(self.next_page(
+                            ino,
+                            dir.ctime,
+                            dir.id,
+                            Some(name),
+                            Some(offset),
+                        )?),
+                        0,
+                    ),
+                    None => self.seek_listing(ino, offset)?,
+                }
+            }
+            None if offset == 0 => (Arc::new(self.first_page(ino)?), 0),
+            None => self.seek_listing(ino, offset)?,
         };
         // Each page read either ends the listing or starts after a later name.
         while start >= page.entries.len() && !page.done {
-            let dir = self.dir_record(ino)?.id;
-            page = Arc::new(self.next_page(dir, page.after.as_deref(), page.last_offset())?);
+            page = Arc::new(self.next_page(
+                ino,
+                dir.ctime,
+                dir.id,
+                page.after.as_deref(),
+                page.last_offset(),
+            )?);
             start = 0;
         }
         let out = page.entries[start.min(page.entries.len())..]
@@ -159,9 +236,7 @@ impl Vfs {
             .take(READDIR_ENTRIES_MAX)
             .cloned()
             .collect();
-        if let Some(Handle::Dir { page: kept, .. }) = self.handles.lock().get_mut(&fh) {
-            *kept = Some(page);
-        }
+        self.listings.lock().keep(&page);
         Ok(out)
     }
 
@@ -177,13 +252,14 @@ impl Vfs {
                 let end = page.entries.len();
                 return Ok((Arc::new(page), end));
             }
-            let dir = self.dir_record(ino)?.id;
-            page = self.next_page(dir, page.after.as_deref(), page.last_offset())?;
+            let dir = self.dir_record(ino)?;
+            page = self.next_page(
+                ino,
+                page.ctime,
+                dir.id,
+                page.after.as_deref(),
+                page.last_offset(),
+            )?;
         }
-    }
-
-    /// Closes a directory handle.
-    pub fn releasedir(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
     }
 }

@@ -244,8 +244,10 @@ pub struct Vfs {
     tree: Mutex<()>,
     /// Staging of every open regular file, by inode.
     open: Mutex<HashMap<Ino, Arc<file::OpenFile>>>,
-    /// Open file and directory handles.
+    /// Open file handles.
     handles: Mutex<HashMap<u64, file::Handle>>,
+    /// Listing pages read last ([`listing`]).
+    listings: Mutex<listing::KeptPages>,
     /// Next handle number.
     next_fh: AtomicU64,
     /// The seal and prefetch pool.
@@ -274,6 +276,7 @@ impl Vfs {
             tree: Mutex::new(()),
             open: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
+            listings: Mutex::new(listing::KeptPages::default()),
             next_fh: AtomicU64::new(1),
             statfs_path: statfs_path.to_path_buf(),
             kernel: parking_lot::RwLock::new(None),
