@@ -149,6 +149,55 @@ fn lookup_by_directory_size(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the core spends on each small file a `git checkout` writes: create, one 16 KiB
+/// write, flush (the close's commit) and release, each timed on its own over 1,000 files
+/// per sample. FUSE round trips come on top (tools/bench-mount.sh).
+fn small_file_steps(c: &mut Criterion) {
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fx = testing::rocks(dir.path()).expect("fixture");
+    let v = &fx.vfs;
+    let body = noise(16 * 1024, 9);
+    let mut next = 0u64;
+    let mut g = c.benchmark_group("vfs small file");
+    g.throughput(Throughput::Elements(1));
+    for step in ["create", "write 16 KiB", "flush", "release"] {
+        g.bench_function(step, |b| {
+            b.iter_custom(|n| {
+                let mut spent = Duration::ZERO;
+                for _ in 0..n {
+                    next += 1;
+                    let mut data = body.clone();
+                    data[..8].copy_from_slice(&next.to_le_bytes());
+                    let name = format!("f{next:08}");
+                    let t = Instant::now();
+                    let (_, fh) = v
+                        .create(ROOT_INO, name.as_bytes(), 0o644, ME, OpenFlags::default())
+                        .expect("create");
+                    let created = t.elapsed();
+                    let t = Instant::now();
+                    v.write(fh, 0, &data).expect("write");
+                    let written = t.elapsed();
+                    let t = Instant::now();
+                    v.flush(fh).expect("flush");
+                    let flushed = t.elapsed();
+                    let t = Instant::now();
+                    v.release(fh).expect("release");
+                    let released = t.elapsed();
+                    spent += match step {
+                        "create" => created,
+                        "write 16 KiB" => written,
+                        "flush" => flushed,
+                        _ => released,
+                    };
+                }
+                spent
+            });
+        });
+    }
+    g.finish();
+}
+
 /// Applying a peer's record of a 10 GiB file whose 20,480 chunks this store lacks: each is
 /// checked against the store and queued once.
 fn apply_large_manifest(c: &mut Criterion) {
@@ -204,6 +253,7 @@ criterion_group!(
     sequential,
     random_small_writes,
     lookup_by_directory_size,
+    small_file_steps,
     apply_large_manifest
 );
 criterion_main!(benches);
