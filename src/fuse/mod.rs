@@ -33,10 +33,12 @@ pub use ops::KeibiFs;
 
 /// How long the kernel may cache an entry or attributes before asking again. Every local
 /// change passes through the adapter, whose replies refresh the kernel's copy, and changes
-/// from peers invalidate it explicitly; so the timeout only bounds how long a missed
+/// from peers invalidate it explicitly (after their commit: the kernel drops a reply read
+/// before an invalidation that overtook it); so the timeout only bounds how long a missed
 /// invalidation could show stale attributes. A long one lets `git status` stat a whole tree
-/// without a request per file.
-pub const TTL: Duration = Duration::from_secs(60);
+/// without a request per file, also after the tree has been left alone for a while: with
+/// 60 s, a status after a minute's pause on 23,777 files took 0.87 s instead of 0.16-0.22 s.
+pub const TTL: Duration = Duration::from_secs(3600);
 
 /// How to mount.
 #[derive(Clone, Copy, Debug, Default)]
@@ -104,13 +106,23 @@ impl crate::vfs::KernelCache for KernelNotifier {
             .0
             .inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::from_bytes(name))
         {
-            tracing::debug!(error = %e, parent, "kernel entry invalidation");
+            invalidation_failed(&e, parent, "entry");
         }
     }
     fn invalidate_inode(&self, ino: crate::id::Ino) {
         if let Err(e) = self.0.inval_inode(fuser::INodeNo(ino), 0, 0) {
-            tracing::debug!(error = %e, ino, "kernel inode invalidation");
+            invalidation_failed(&e, ino, "inode");
         }
+    }
+}
+
+/// ENOENT only says the kernel had nothing cached; anything else leaves a stale entry or
+/// attributes for up to [`TTL`], which is worth a warning.
+fn invalidation_failed(e: &io::Error, ino: crate::id::Ino, what: &str) {
+    if e.raw_os_error() == Some(nix::libc::ENOENT) {
+        tracing::debug!(error = %e, ino, what, "kernel cache invalidation: nothing cached");
+    } else {
+        tracing::warn!(error = %e, ino, what, "kernel cache invalidation failed");
     }
 }
 
