@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end benchmarks of `keibi mount`, each beside the same run on a plain ext4 directory
 # of this machine: fio sequential write and read of 1 GiB in 1 MiB blocks, fio 4 KiB random
-# read/write with an fsync every 64 writes, and creating, stat-ing and removing 10,000 small
-# files. Then the peak memory (VmHWM) of the mount process while dd writes a 10 GiB file.
+# read/write with an fsync every 64 writes, and creating, stat-ing, reading and removing
+# 10,000 small files. Then the peak memory (VmHWM) of the mount process while dd writes a
+# 10 GiB file.
 # Page caches are dropped before every read pass, so reads reach the filesystem.
 # Usage: tools/bench-mount.sh [--no-memory] [--low-latency] [--xattrs]   (root: it drops page caches)
 #   --no-memory    skip the 10 GiB memory run
@@ -65,10 +66,15 @@ for p in names:
 stat = n / (time.perf_counter() - t)
 t = time.perf_counter()
 for p in names:
+    with open(p, "rb") as f:
+        f.read()
+read = n / (time.perf_counter() - t)
+t = time.perf_counter()
+for p in names:
     os.unlink(p)
 remove = n / (time.perf_counter() - t)
 os.rmdir(d)
-print(label, int(create), int(stat), int(remove))
+print(label, int(create), int(stat), int(read), int(remove))
 PY
 }
 
@@ -93,7 +99,8 @@ awk '
     row("4 KiB random write, fsync/64 (IOPS)", e[5], k[5])
     row("create 10,000 small files (/s)", se[2], sk[2])
     row("stat 10,000 small files (/s)", se[3], sk[3])
-    row("remove 10,000 small files (/s)", se[4], sk[4])
+    row("read 10,000 small files (/s)", se[4], sk[4])
+    row("remove 10,000 small files (/s)", se[5], sk[5])
   }
   function row(name, a, b) { printf "%-34s %12d %12d %8.2f\n", name, a, b, (a > 0 ? b / a : 0) }
 ' "$work/fio.txt" "$work/small.txt"
