@@ -17,10 +17,10 @@ use nix::libc;
 
 use super::latency::LatencyHold;
 use super::reply::{
-    creator, empty, entry, open_flags, open_reply_flags, opendir_reply_flags, time_set, xattr,
-    xattr_set,
+    creator, empty, entry, listing, open_flags, open_reply_flags, opendir_reply_flags, time_set,
+    xattr, xattr_set,
 };
-use super::{TTL, errno, file_attr, file_type, kind_of_mode};
+use super::{TTL, errno, file_attr, kind_of_mode};
 use crate::limits::FUSE_MAX_WRITE_BYTES;
 use crate::vfs::{self, RenameMode, SetAttr, Vfs};
 
@@ -354,31 +354,10 @@ impl fuser::Filesystem for KeibiFs {
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         self.request();
-        let mut offset = offset;
-        loop {
-            let entries = match self.vfs.readdir(ino.0, offset) {
-                Ok(e) => e,
-                Err(e) => {
-                    reply.error(errno::of(&e));
-                    return;
-                }
-            };
-            let Some(last) = entries.last().map(|e| e.offset) else {
-                break;
-            };
-            for e in entries {
-                let name = OsStr::from_bytes(&e.name);
-                if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), name) {
-                    reply.ok();
-                    return;
-                }
-            }
-            offset = last;
-        }
-        reply.ok();
+        listing(reply, &self.vfs, ino.0, offset);
     }
 
     fn releasedir(

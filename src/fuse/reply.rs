@@ -1,14 +1,44 @@
 //! Conversions between fuser's request arguments and replies and the vfs core's types, for
 //! the request handlers in `ops.rs`.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
 use fuser::{
-    Errno, FopenFlags, Generation, ReplyEmpty, ReplyEntry, ReplyXattr, Request, TimeOrNow,
+    Errno, FopenFlags, Generation, INodeNo, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyXattr,
+    Request, TimeOrNow,
 };
 use nix::libc;
 
-use super::{TTL, errno, file_attr};
+use super::{TTL, errno, file_attr, file_type};
+use crate::id::Ino;
 use crate::tree::Timestamp;
-use crate::vfs::{self, Creator, TimeSet, XattrSet};
+use crate::vfs::{self, Creator, TimeSet, Vfs, XattrSet};
+
+/// Answers a `readdir` of directory `ino` from `offset` with as many entries as fit.
+pub(super) fn listing(mut reply: ReplyDirectory, vfs: &Vfs, ino: Ino, mut offset: u64) {
+    loop {
+        let entries = match vfs.readdir(ino, offset) {
+            Ok(e) => e,
+            Err(e) => {
+                reply.error(errno::of(&e));
+                return;
+            }
+        };
+        let Some(last) = entries.last().map(|e| e.offset) else {
+            break;
+        };
+        for e in entries {
+            let name = OsStr::from_bytes(&e.name);
+            if reply.add(INodeNo(e.ino), e.offset, file_type(e.kind), name) {
+                reply.ok();
+                return;
+            }
+        }
+        offset = last;
+    }
+    reply.ok();
+}
 
 pub(super) fn creator(req: &Request) -> Creator {
     Creator {
