@@ -401,11 +401,11 @@ fn seek_data_and_hole_follow_the_chunks_that_read_as_zeros() -> TestResult {
     // Committed, it is the zero chunk, a hole like the chunks never written.
     let fh = v.open(attr.ino, OpenFlags::default())?;
     check(fh, true)?;
-    // Holes take no blocks, open or not, until a write is staged.
+    // Holes take no blocks, open or not; a hole written into, staged, counts as data.
     let data_bytes = size - 12 * c;
     assert_eq!(v.getattr(attr.ino)?.blocks, data_bytes.div_ceil(512));
     v.write(fh, 3 * c, b"x")?;
-    assert_eq!(v.getattr(attr.ino)?.blocks, size.div_ceil(512));
+    assert_eq!(v.getattr(attr.ino)?.blocks, (data_bytes + c).div_ceil(512));
     // Past a truncate that extends the file, the new end reads as zeros: a hole.
     v.setattr(
         attr.ino,
@@ -415,6 +415,11 @@ fn seek_data_and_hole_follow_the_chunks_that_read_as_zeros() -> TestResult {
         },
     )?;
     assert_eq!(v.seek(fh, 14 * c + 20, Seek::Hole)?, 15 * c);
+    assert_eq!(
+        v.getattr(attr.ino)?.blocks,
+        (4 * c).div_ceil(512),
+        "chunks 0, 3, 10 and 14 (now whole) hold data; the new end takes no blocks"
+    );
     assert!(matches!(
         v.seek(fh, 15 * c, Seek::Data),
         Err(Error::PastEnd)

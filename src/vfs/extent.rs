@@ -110,6 +110,25 @@ impl FileState {
             .or(if want_hole { Some(self.size) } else { None })
     }
 
+    /// Bytes of the file in whole chunks that read as zeros with nothing staged for them
+    /// (the zero chunk, or past the committed manifest): what `st_blocks` leaves out. A
+    /// partial last chunk counts as data, as in a committed file's attributes.
+    pub fn hole_bytes(&self) -> u64 {
+        let zeros = ChunkId::of_zero_chunk();
+        let holes = (0..chunk_count(self.size))
+            .filter(|&idx| {
+                chunk_len(self.size, idx) == CHUNK_BYTES
+                    && !self.slots.contains_key(&idx)
+                    && !self.journaled.contains_key(&idx)
+                    && self
+                        .base
+                        .get(usize::try_from(idx).unwrap_or(usize::MAX))
+                        .is_none_or(|id| *id == zeros)
+            })
+            .count();
+        holes as u64 * CHUNK_BYTES_U64
+    }
+
     /// The chunks `first..first + n` as stored, each with its length, for a copy that
     /// references them: up to the first chunk with writes not yet sealed (or journaled), or
     /// a hole the file gained since its last commit (no zero chunk stands for it yet).

@@ -318,20 +318,18 @@ impl Vfs {
     }
 
     fn attr_of(&self, r: &FileRecord) -> Attr {
-        let open = self.open.lock().get(&r.ino).map(|f| {
-            let st = f.state.lock();
-            (st.size, st.is_clean())
-        });
-        let size = open.map_or(r.size, |(size, _)| size);
         // Blocks in use: whole chunks of zeros (holes) take none, so that `cp`, `tar` and
         // `rsync` see a sparse file as sparse and skip its holes with SEEK_DATA. An open
-        // file with staged writes may have them in its holes: it counts as not sparse.
-        let hole_bytes = if open.is_none_or(|(_, clean)| clean) && r.kind == Kind::File {
+        // file's holes are those with nothing staged.
+        let open = self.open.lock().get(&r.ino).map(|f| {
+            let st = f.state.lock();
+            (st.size, st.hole_bytes())
+        });
+        let (size, hole_bytes) = open.unwrap_or_else(|| {
             let zeros = ChunkId::of_zero_chunk();
-            r.manifest.iter().filter(|c| **c == zeros).count() as u64 * CHUNK_BYTES_U64
-        } else {
-            0
-        };
+            let holes = r.manifest.iter().filter(|c| **c == zeros).count() as u64;
+            (r.size, holes * CHUNK_BYTES_U64)
+        });
         Attr {
             ino: r.ino,
             kind: r.kind,
