@@ -46,9 +46,10 @@ impl OpenFile {
     }
 }
 
-/// What a handle refers to.
-pub(crate) enum Handle {
-    File { ino: Ino, append: bool },
+/// An open file handle: the file, and whether its writes go to the end.
+pub(crate) struct Handle {
+    ino: Ino,
+    append: bool,
 }
 
 impl Vfs {
@@ -60,7 +61,7 @@ impl Vfs {
 
     pub(super) fn file_handle(&self, fh: u64) -> Result<(Arc<OpenFile>, bool)> {
         let (ino, append) = match self.handles.lock().get(&fh) {
-            Some(Handle::File { ino, append }) => (*ino, *append),
+            Some(Handle { ino, append }) => (*ino, *append),
             None => return Err(Error::BadHandle),
         };
         let f = self
@@ -126,7 +127,7 @@ impl Vfs {
     pub fn open(&self, ino: Ino, flags: OpenFlags) -> Result<u64> {
         let Some(f) = self.acquire_file(ino)? else {
             // Nodes (fifos, devices) and links have no content here; the kernel serves them.
-            return Ok(self.new_handle(Handle::File {
+            return Ok(self.new_handle(Handle {
                 ino,
                 append: flags.append,
             }));
@@ -138,7 +139,7 @@ impl Vfs {
                 st.mtime = Some(Timestamp::now());
             }
         }
-        Ok(self.new_handle(Handle::File {
+        Ok(self.new_handle(Handle {
             ino,
             append: flags.append,
         }))

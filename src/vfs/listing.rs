@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::id::{FileId, Ino};
 use crate::limits::{LISTING_PAGES_KEPT, READDIR_ENTRIES_MAX};
-use crate::tree::{Kind, Timestamp};
+use crate::tree::{FileRecord, Kind, Timestamp};
 
 use super::{DirEntry, Error, Result, Vfs};
 
@@ -112,15 +112,14 @@ impl Vfs {
         self.dir_record(ino).map(|_| ())
     }
 
-    /// The listing's first page: `.`, `..` and the first children.
-    fn first_page(&self, ino: Ino) -> Result<Page> {
-        let dir = self.dir_record(ino)?;
+    /// The listing's first page of directory `dir`: `.`, `..` and the first children.
+    fn first_page(&self, dir: &FileRecord) -> Result<Page> {
         let parent_ino = if dir.id == FileId::ROOT {
             dir.ino
         } else {
             self.live_record(dir.parent)?.ino
         };
-        let mut page = self.next_page(ino, dir.ctime, dir.id, None, None)?;
+        let mut page = self.next_page(dir.ino, dir.ctime, dir.id, None, None)?;
         let dots = [
             DirEntry {
                 ino: dir.ino,
@@ -214,11 +213,11 @@ impl Vfs {
                         )?),
                         0,
                     ),
-                    None => self.seek_listing(ino, offset)?,
+                    None => self.seek_listing(&dir, offset)?,
                 }
             }
-            None if offset == 0 => (Arc::new(self.first_page(ino)?), 0),
-            None => self.seek_listing(ino, offset)?,
+            None if offset == 0 => (Arc::new(self.first_page(&dir)?), 0),
+            None => self.seek_listing(&dir, offset)?,
         };
         // Each page read either ends the listing or starts after a later name.
         while start >= page.entries.len() && !page.done {
@@ -240,10 +239,10 @@ impl Vfs {
         Ok(out)
     }
 
-    /// Reads the listing of `ino` from the start up to the entry at `offset`: its page and
+    /// Reads the listing of `dir` from the start up to the entry at `offset`: its page and
     /// the index after it, or the last page and its end when no entry has that offset.
-    fn seek_listing(&self, ino: Ino, offset: u64) -> Result<(Arc<Page>, usize)> {
-        let mut page = self.first_page(ino)?;
+    fn seek_listing(&self, dir: &FileRecord, offset: u64) -> Result<(Arc<Page>, usize)> {
+        let mut page = self.first_page(dir)?;
         loop {
             if let Some(i) = page.after_offset(offset) {
                 return Ok((Arc::new(page), i));
@@ -252,10 +251,9 @@ impl Vfs {
                 let end = page.entries.len();
                 return Ok((Arc::new(page), end));
             }
-            let dir = self.dir_record(ino)?;
             page = self.next_page(
-                ino,
-                page.ctime,
+                dir.ino,
+                dir.ctime,
                 dir.id,
                 page.after.as_deref(),
                 page.last_offset(),
