@@ -1,5 +1,6 @@
 //! Real programs on a real mount: git (init, commit, branch, checkout, gc, fsck, clone,
-//! hooks) and SQLite (transactions, rollback journal and WAL, integrity check).
+//! hooks), SQLite (transactions, rollback journal and WAL, integrity check), and a running
+//! program that a truncating open may not empty.
 #![expect(clippy::expect_used, reason = "test code fails loudly on setup errors")]
 
 #[expect(dead_code, reason = "this file uses part of the shared mount harness")]
@@ -197,4 +198,46 @@ fn sqlite_keeps_ten_thousand_rows_intact() {
         assert_eq!(check, "ok\n10000\n", "{mode} after remount");
     }
     m.stop();
+}
+
+#[test]
+fn a_truncating_open_refused_because_the_program_runs_leaves_it_whole() {
+    // open(O_RDONLY | O_TRUNC) of a running program fails with ETXTBSY. The kernel checks
+    // that only after sending the open: a mount that truncated on open emptied the file
+    // anyway, and the program died of SIGBUS at its next page.
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::process::ExitStatusExt;
+    if !fuse_available("ETXTBSY") {
+        return;
+    }
+    let m = Mount::new();
+    let program = m.path().join("sleep");
+    let original = fs::read("/bin/sleep").expect("read /bin/sleep");
+    fs::write(&program, &original).expect("copy sleep");
+    fs::set_permissions(&program, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut child = Command::new(&program)
+        .arg("30")
+        .spawn()
+        .expect("run the copy");
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_TRUNC)
+        .open(&program);
+    let refused = opened.as_ref().err().and_then(std::io::Error::raw_os_error);
+    assert_eq!(refused, Some(nix::libc::ETXTBSY), "{opened:?}");
+    assert_eq!(
+        fs::metadata(&program).expect("stat").len(),
+        original.len() as u64
+    );
+    assert!(
+        fs::read(&program).expect("read") == original,
+        "the program was changed"
+    );
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the program died"
+    );
+    child.kill().expect("kill");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.signal(), Some(nix::libc::SIGKILL), "{status:?}");
 }

@@ -59,10 +59,12 @@ impl KeibiFs {
 
 impl fuser::Filesystem for KeibiFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Optional capabilities: ask for each one the kernel offers.
-        let wanted = InitFlags::FUSE_ATOMIC_O_TRUNC
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+        // Optional capabilities: ask for each one the kernel offers. Not
+        // FUSE_ATOMIC_O_TRUNC: the kernel would send a read-only open's O_TRUNC before it
+        // checks that the file may be written, so an open refused with ETXTBSY (the file is
+        // a running program) would already have emptied it. Without it the kernel
+        // truncates with a setattr after that check.
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_CACHE_SYMLINKS;
         let offered = config.capabilities() & wanted;
         // Listings need no handle (vfs::listing), so directories open without a round trip.
         self.no_opendir = config
