@@ -119,7 +119,7 @@ impl Vfs {
         } else {
             self.live_record(dir.parent)?.ino
         };
-        let mut page = self.next_page(dir.ino, dir.ctime, dir.id, None, None)?;
+        let mut page = self.next_page(dir, None, None)?;
         let dots = [
             DirEntry {
                 ino: dir.ino,
@@ -138,21 +138,19 @@ impl Vfs {
         Ok(page)
     }
 
-    /// The page of directory `dir` (inode `ino`, at `ctime`) after name `after` (whose
+    /// The page of directory `dir` (as read for this listing) after name `after` (whose
     /// entry, if listed, was at offset `before`): up to [`READDIR_ENTRIES_MAX`] names read,
     /// of which those whose file is live are listed.
     fn next_page(
         &self,
-        ino: Ino,
-        ctime: Timestamp,
-        dir: FileId,
+        dir: &FileRecord,
         after: Option<&[u8]>,
         before: Option<u64>,
     ) -> Result<Page> {
-        let batch = self.tables.children(dir, after, READDIR_ENTRIES_MAX)?;
+        let batch = self.tables.children(dir.id, after, READDIR_ENTRIES_MAX)?;
         let mut page = Page {
-            ino,
-            ctime,
+            ino: dir.ino,
+            ctime: dir.ctime,
             entries: Vec::with_capacity(batch.len() + 2),
             before,
             from: after.map(<[u8]>::to_vec),
@@ -203,16 +201,7 @@ impl Vfs {
                     None => p.from.as_deref(),
                 };
                 match from {
-                    Some(name) => (
-                        Arc::new(self.next_page(
-                            ino,
-                            dir.ctime,
-                            dir.id,
-                            Some(name),
-                            Some(offset),
-                        )?),
-                        0,
-                    ),
+                    Some(name) => (Arc::new(self.next_page(&dir, Some(name), Some(offset))?), 0),
                     None => self.seek_listing(&dir, offset)?,
                 }
             }
@@ -221,13 +210,7 @@ impl Vfs {
         };
         // Each page read either ends the listing or starts after a later name.
         while start >= page.entries.len() && !page.done {
-            page = Arc::new(self.next_page(
-                ino,
-                dir.ctime,
-                dir.id,
-                page.after.as_deref(),
-                page.last_offset(),
-            )?);
+            page = Arc::new(self.next_page(&dir, page.after.as_deref(), page.last_offset())?);
             start = 0;
         }
         let out = page.entries[start.min(page.entries.len())..]
@@ -251,13 +234,7 @@ impl Vfs {
                 let end = page.entries.len();
                 return Ok((Arc::new(page), end));
             }
-            page = self.next_page(
-                dir.ino,
-                dir.ctime,
-                dir.id,
-                page.after.as_deref(),
-                page.last_offset(),
-            )?;
+            page = self.next_page(dir, page.after.as_deref(), page.last_offset())?;
         }
     }
 }
