@@ -91,42 +91,58 @@ impl FileState {
             return None;
         }
         let count = chunk_count(self.size);
-        let full_zeros = ChunkId::of_zero_chunk();
-        let is_hole = |idx: u64| {
-            if self.slots.contains_key(&idx) || self.journaled.contains_key(&idx) {
-                return false;
-            }
-            match self.base.get(usize::try_from(idx).unwrap_or(usize::MAX)) {
-                // Past the committed manifest (the file was extended): zeros.
-                None => true,
-                Some(id) if idx + 1 < count => *id == full_zeros,
-                Some(id) => *id == ChunkId::of_zeros(chunk_len(self.size, idx)),
-            }
-        };
         let want_hole = what == Seek::Hole;
         (offset / CHUNK_BYTES_U64..count)
-            .find(|idx| is_hole(*idx) == want_hole)
+            .find(|idx| self.is_hole(*idx) == want_hole)
             .map(|idx| (idx * CHUNK_BYTES_U64).max(offset))
             .or(if want_hole { Some(self.size) } else { None })
     }
 
-    /// Bytes of the file in whole chunks that read as zeros with nothing staged for them
-    /// (the zero chunk, or past the committed manifest): what `st_blocks` leaves out. A
-    /// partial last chunk counts as data, as in a committed file's attributes.
+    /// Whether chunk `idx` is a hole: it reads as zeros and has nothing staged (never
+    /// written, or committed as the zero chunk of its length).
+    fn is_hole(&self, idx: u64) -> bool {
+        !self.slots.contains_key(&idx)
+            && !self.journaled.contains_key(&idx)
+            && self.committed_as_hole(idx)
+    }
+
+    /// Whether the committed manifest has chunk `idx` as zeros: past its end (the file was
+    /// extended), or the zero chunk of its length.
+    fn committed_as_hole(&self, idx: u64) -> bool {
+        match self.base.get(usize::try_from(idx).unwrap_or(usize::MAX)) {
+            None => true,
+            Some(id) => match chunk_len(self.size, idx) {
+                CHUNK_BYTES => *id == ChunkId::of_zero_chunk(),
+                len => *id == ChunkId::of_zeros(len),
+            },
+        }
+    }
+
+    /// Bytes of the file in whole chunks that are holes: what `st_blocks` leaves out. A
+    /// partial last chunk counts as data, as in a committed file's attributes. Costs a
+    /// pass over the committed manifest and one look at each staged chunk, as a
+    /// committed file's count does.
     pub fn hole_bytes(&self) -> u64 {
+        let count = chunk_count(self.size);
+        let whole = |idx: u64| chunk_len(self.size, idx) == CHUNK_BYTES;
         let zeros = ChunkId::of_zero_chunk();
-        let holes = (0..chunk_count(self.size))
-            .filter(|&idx| {
-                chunk_len(self.size, idx) == CHUNK_BYTES
-                    && !self.slots.contains_key(&idx)
-                    && !self.journaled.contains_key(&idx)
-                    && self
-                        .base
-                        .get(usize::try_from(idx).unwrap_or(usize::MAX))
-                        .is_none_or(|id| *id == zeros)
-            })
-            .count();
-        holes as u64 * CHUNK_BYTES_U64
+        let committed = self
+            .base
+            .iter()
+            .zip(0..count)
+            .filter(|(id, idx)| **id == zeros && whole(*idx))
+            .count() as u64;
+        // Whole chunks past the committed manifest: all up to the end, but a partial last.
+        let past = count.saturating_sub(self.base.len() as u64);
+        let past_whole = past - u64::from(past > 0 && !whole(count - 1));
+        let staged: std::collections::BTreeSet<u64> = self
+            .slots
+            .keys()
+            .chain(self.journaled.keys())
+            .copied()
+            .filter(|idx| *idx < count && whole(*idx) && self.committed_as_hole(*idx))
+            .collect();
+        (committed + past_whole).saturating_sub(staged.len() as u64) * CHUNK_BYTES_U64
     }
 
     /// The chunks `first..first + n` as stored, each with its length, for a copy that
