@@ -42,7 +42,7 @@ struct NullFs {
     tree: Mutex<Tree>,
 }
 
-fn attr(ino: u64, kind: FileType, perm: u16, req: &Request) -> FileAttr {
+fn attr(ino: u64, kind: FileType, perm: u16, uid: u32, gid: u32) -> FileAttr {
     let now = SystemTime::now();
     FileAttr {
         ino: INodeNo(ino),
@@ -55,8 +55,8 @@ fn attr(ino: u64, kind: FileType, perm: u16, req: &Request) -> FileAttr {
         kind,
         perm,
         nlink: if kind == FileType::Directory { 2 } else { 1 },
-        uid: req.uid(),
-        gid: req.gid(),
+        uid,
+        gid,
         rdev: 0,
         flags: 0,
         blksize: 4096,
@@ -70,24 +70,7 @@ fn perm_of(mode: u32) -> u16 {
 
 impl NullFs {
     fn new() -> Self {
-        let now = SystemTime::now();
-        let root = FileAttr {
-            ino: INodeNo::ROOT,
-            size: 0,
-            blocks: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            crtime: now,
-            kind: FileType::Directory,
-            perm: 0o755,
-            nlink: 2,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            flags: 0,
-            blksize: 4096,
-        };
+        let root = attr(INodeNo::ROOT.0, FileType::Directory, 0o755, 0, 0);
         Self {
             tree: Mutex::new(Tree {
                 names: HashMap::new(),
@@ -112,7 +95,7 @@ impl NullFs {
         }
         let ino = t.next;
         t.next += 1;
-        let a = attr(ino, kind, perm, req);
+        let a = attr(ino, kind, perm, req.uid(), req.gid());
         t.names.insert(key, ino);
         t.attrs.insert(ino, a);
         if let Some(p) = t.attrs.get_mut(&parent.0) {
