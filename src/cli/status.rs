@@ -113,7 +113,13 @@ pub(crate) fn render(s: &Status, json: bool) -> anyhow::Result<String> {
         "entries:   {} files, {} directories, {} other, {} tombstones",
         f.files, f.dirs, f.other_nodes, f.tombstones
     )?;
-    writeln!(out, "chunks:    {}", f.chunks)?;
+    // Chunks no record refers to any more (overwritten, deleted) count until gc removes
+    // them, so after many rewrites `deduped` can exceed `file data`.
+    writeln!(
+        out,
+        "chunks:    {} (those no file refers to stay until gc)",
+        f.chunks
+    )?;
     writeln!(
         out,
         "file data: {} (before dedup and compression)",
@@ -121,7 +127,7 @@ pub(crate) fn render(s: &Status, json: bool) -> anyhow::Result<String> {
     )?;
     writeln!(
         out,
-        "deduped:   {} (unique chunks, before compression)",
+        "deduped:   {} (the stored chunks, before compression)",
         super::bytes(f.chunk_bytes)
     )?;
     writeln!(
