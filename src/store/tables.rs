@@ -261,7 +261,8 @@ impl Tables {
         Ok(any)
     }
 
-    /// A fresh inode number, persisted with `batch`.
+    /// A fresh inode number, persisted with `batch`; the record given it, put in the same
+    /// batch, writes its inode-map entry.
     pub fn alloc_ino(&self, batch: &mut Batch) -> Ino {
         let ino = self.next_ino.fetch_add(1, Ordering::SeqCst);
         batch.put(
@@ -269,12 +270,12 @@ impl Tables {
             keys::META_NEXT_INO.to_vec(),
             (ino + 1).to_le_bytes().to_vec(),
         );
-        batch.put(Cf::Inodes, keys::ino(ino).to_vec(), Vec::new());
         ino
     }
 
     /// Adds `record` to `batch` as a new local change: bumps its version, gives it the next
-    /// sequence number, moves its sequence-index entry, and writes its inode-map entry.
+    /// sequence number, moves its sequence-index entry, and writes its inode-map entry the
+    /// first time it is stored.
     /// Callers serialise record writes (the vfs tree lock), so sequence order is commit order.
     pub fn put_record(&self, batch: &mut Batch, record: &mut FileRecord) {
         record.version.bump(self.index_id);
@@ -301,7 +302,15 @@ impl Tables {
         let old_seq = record.seq;
         let seq = self.next_seq.fetch_add(1, Ordering::SeqCst);
         record.seq = seq;
-        if old_seq != 0 {
+        if old_seq == 0 {
+            // Stored for the first time. A stored record keeps its inode (a new version
+            // takes the local one's), so later versions leave the entry as it is.
+            batch.put(
+                Cf::Inodes,
+                keys::ino(record.ino).to_vec(),
+                record.id.to_be_bytes().to_vec(),
+            );
+        } else {
             batch.delete(Cf::Seq, keys::seq(old_seq).to_vec());
         }
         batch.put(
@@ -313,11 +322,6 @@ impl Tables {
             Cf::Meta,
             keys::META_NEXT_SEQ.to_vec(),
             (seq + 1).to_le_bytes().to_vec(),
-        );
-        batch.put(
-            Cf::Inodes,
-            keys::ino(record.ino).to_vec(),
-            record.id.to_be_bytes().to_vec(),
         );
         batch.put(Cf::Files, record.id.to_be_bytes().to_vec(), record.encode());
     }
