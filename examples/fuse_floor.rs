@@ -5,9 +5,11 @@
 //! - `null`: a filesystem that keeps names and sizes in a map and throws file content away.
 //!   Its handlers do next to nothing, so a workload on it measures the kernel, the
 //!   `/dev/fuse` round trips and the wake-ups they cause: the floor under any FUSE
-//!   filesystem here.
-//! - `memory`: keibi's own FUSE layer and vfs core over the in-memory store, so the same
-//!   workload measures keibi without RocksDB and the disk.
+//!   filesystem here. It answers only what the benchmarks ask (no listings, no removal of
+//!   directories).
+//! - `memory`: keibi's own FUSE layer and vfs core over the store's in-memory twin, so the
+//!   same workload measures keibi without RocksDB's log and the disk (the twin's ordered map
+//!   costs about what RocksDB's memtable does).
 //!
 //! Used by `tools/bench-floor.sh`; run as root (it mounts with `allow_other`).
 
