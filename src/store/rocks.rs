@@ -88,7 +88,7 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
         // Keys at random places (hashes, random file ids) go into a memtable of small skip
         // lists, one per leading two bytes, instead of one long skip list whose every insert
         // walks a dozen levels of nodes spread over its memory: that walk was a quarter of
-        // the mount's CPU time per small file written. Scans ask for total order
+        // the mount's user time per small file written. Scans ask for total order
         // (`ReadOptions::set_total_order_seek`), so the buckets change no result.
         opts.set_prefix_extractor(rocksdb::SliceTransform::create(
             "keibi.lead2",
